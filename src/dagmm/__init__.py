@@ -1,0 +1,15 @@
+"""Unsupervised deep outlier detection on PyTorch: DAGMM and auto-encoder detectors."""
+
+from ._version import __version__
+from .aegmm import OutlierAEGMM
+from .base import NotFittedError
+from .gmm import CholeskyError
+from .training import TrainingDivergedError
+
+__all__ = [
+    "__version__",
+    "OutlierAEGMM",
+    "NotFittedError",
+    "CholeskyError",
+    "TrainingDivergedError",
+]

@@ -1,0 +1,46 @@
+"""``dagmm demo``: train OutlierAEGMM on synthetic data and print its quality."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .aegmm import OutlierAEGMM
+from .synthetic import make_outlier_data
+
+__all__ = ["run_demo"]
+
+
+def run_demo(n_samples: int = 20000, epochs: int = 40, seed: int = 0, verbose: bool = True) -> dict:
+    """Fit on the inliers of a random half, score the other half, print the metrics.
+
+    The threshold is the training energies' percentile matching the planted
+    outlier rate (5%), the usual choice when the contamination is known.
+    """
+    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+    X, y = make_outlier_data(n_samples=n_samples, seed=seed)
+    rng = np.random.default_rng(seed)
+    train = rng.random(len(X)) < 0.5
+    X_train = X[train & (y == 0)]
+    X_test, y_test = X[~train], y[~train]
+    mean, std = X_train.mean(0), X_train.std(0) + 1e-8
+    X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
+
+    start = time.perf_counter()
+    od = OutlierAEGMM(n_gmm=3, data_type="tabular")
+    od.fit(X_train, epochs=epochs, batch_size=256, optimizer=lambda p: __import__("torch").optim.Adam(p, lr=1e-3),
+           verbose=verbose, seed=seed)
+    od.infer_threshold(X_train, threshold_perc=95.0)
+    preds = od.predict(X_test)
+    seconds = time.perf_counter() - start
+    flagged = preds["data"]["is_outlier"]
+    p, r, f1, _ = precision_recall_fscore_support(y_test, flagged, average="binary", zero_division=0)
+    auroc = roc_auc_score(y_test, preds["data"]["instance_score"])
+    result = {"precision": p, "recall": r, "f1": f1, "auroc": auroc, "seconds": seconds,
+              "n_train": len(X_train), "n_test": len(X_test)}
+    print(f"OutlierAEGMM on synthetic data: trained on {len(X_train)} normal rows, "
+          f"tested on {len(X_test)} rows ({int(y_test.sum())} outliers), {seconds:.1f} s")
+    print(f"precision {p:.3f}  recall {r:.3f}  F1 {f1:.3f}  AUROC {auroc:.3f}")
+    return result

@@ -1,0 +1,41 @@
+"""Reconstruction features that DAGMM appends to the latent code.
+
+The paper uses the relative Euclidean distance ``||x - x'|| / ||x||`` and the
+cosine similarity ``x . x' / (||x|| ||x'||)``.  Both are computed per row over
+all non-batch dimensions, with a floor on the norms so that an all-zero row
+gives a finite value instead of NaN.  (alibi-detect passes ``-1`` to the
+epsilon argument by accident and returns the negative cosine; these do not.)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+__all__ = ["relative_euclidean", "cosine_similarity", "default_recon_features", "RECON_EPS"]
+
+#: Floor on vector norms in the reconstruction features.
+RECON_EPS = 1e-8
+
+ReconFeatures = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def relative_euclidean(x: torch.Tensor, x_recon: torch.Tensor, eps: float = RECON_EPS) -> torch.Tensor:
+    """``||x - x'||_2 / max(||x||_2, eps)`` per row, shape (N,)."""
+    x = x.flatten(1)  # (N, F)
+    x_recon = x_recon.flatten(1)  # (N, F)
+    return torch.linalg.vector_norm(x - x_recon, dim=1) / torch.linalg.vector_norm(x, dim=1).clamp_min(eps)
+
+
+def cosine_similarity(x: torch.Tensor, x_recon: torch.Tensor, eps: float = RECON_EPS) -> torch.Tensor:
+    """``x . x' / max(||x|| ||x'||, eps)`` per row, shape (N,)."""
+    x = x.flatten(1)  # (N, F)
+    x_recon = x_recon.flatten(1)  # (N, F)
+    norms = torch.linalg.vector_norm(x, dim=1) * torch.linalg.vector_norm(x_recon, dim=1)
+    return (x * x_recon).sum(1) / norms.clamp_min(eps)
+
+
+def default_recon_features(x: torch.Tensor, x_recon: torch.Tensor) -> torch.Tensor:
+    """The paper's two reconstruction features, shape (N, 2): relative distance, cosine."""
+    return torch.stack([relative_euclidean(x, x_recon), cosine_similarity(x, x_recon)], dim=1)

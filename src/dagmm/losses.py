@@ -1,0 +1,60 @@
+"""Training objectives."""
+
+from __future__ import annotations
+
+import torch
+
+from .gmm import batch_gmm_params, cholesky_with_jitter, cov_diag_penalty, precision_cholesky, sample_energy
+
+__all__ = ["loss_aegmm", "loss_mse"]
+
+
+def loss_aegmm(
+    x: torch.Tensor,
+    x_recon: torch.Tensor,
+    z: torch.Tensor,
+    gamma: torch.Tensor,
+    w_energy: float = 0.1,
+    w_cov_diag: float = 0.005,
+    cov_eps: float = 1e-6,
+) -> torch.Tensor:
+    """The DAGMM objective of Zong et al. (2018), eq. 7.
+
+    ``J = mean_i ||x_i - x'_i||^2 + w_energy * mean_i E(z_i)
+    + w_cov_diag * sum_k sum_j 1 / cov_k[j, j]``
+
+    The reconstruction term is the per-sample *squared norm* (summed over
+    features, then averaged over the batch), as written in the paper, not the
+    mean over features.  This keeps the paper's balance between the
+    reconstruction and energy terms for the paper's ``w_energy`` and
+    ``w_cov_diag``; with a per-feature mean the reconstruction term would
+    shrink by the number of features and the energy would dominate.
+
+    Parameters
+    ----------
+    x, x_recon : (N, ...) tensors
+        Inputs and reconstructions.
+    z : (N, D) tensor
+        Latent code plus reconstruction features.
+    gamma : (N, K) tensor
+        Soft memberships.
+    w_energy, w_cov_diag : float
+        Weights ``lambda_1`` and ``lambda_2`` of the paper.
+    cov_eps : float, default 1e-6
+        Initial diagonal jitter of the covariances (raised adaptively).
+
+    Returns
+    -------
+    0-d tensor in the dtype of ``x``.
+    """
+    recon = (x - x_recon).flatten(1).pow(2).sum(1).mean()
+    phi, mu, cov = batch_gmm_params(z, gamma)
+    chol, eps_used = cholesky_with_jitter(cov, cov_eps)
+    energy = sample_energy(z, phi, mu, precision_cholesky(chol)).mean()
+    penalty = cov_diag_penalty(cov, eps_used)
+    return recon + (w_energy * energy + w_cov_diag * penalty).to(recon.dtype)
+
+
+def loss_mse(x: torch.Tensor, x_recon: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over all elements."""
+    return (x - x_recon).pow(2).mean()

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"benchmark data not found at {SHARED_DATA} (it lives in ../shared/data beside the repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tabular():
+    """Small standardised tabular task: (X_train inliers, X_test, y_test)."""
+    from dagmm.synthetic import make_outlier_data
+
+    X, y = make_outlier_data(n_samples=3000, n_features=10, n_clusters=1, latent_dim=2, seed=7)
+    train = np.arange(len(X)) < 1500
+    X_train = X[train & (y == 0)]
+    mean, std = X_train.mean(0), X_train.std(0) + 1e-8
+    return (X_train - mean) / std, (X[~train] - mean) / std, y[~train]
