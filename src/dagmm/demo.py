@@ -20,7 +20,7 @@ def run_demo(n_samples: int = 20000, epochs: int = 40, seed: int = 0, verbose: b
     """
     from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
-    X, y = make_outlier_data(n_samples=n_samples, seed=seed)
+    X, y = make_outlier_data(n_samples=n_samples, n_features=20, n_clusters=1, latent_dim=2, seed=seed)
     rng = np.random.default_rng(seed)
     train = rng.random(len(X)) < 0.5
     X_train = X[train & (y == 0)]
