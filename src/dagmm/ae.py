@@ -260,6 +260,7 @@ class OutlierAE(BaseDetector):
         """
         self._check_fitted("predict")
         outlier_type = _check_outlier_type(outlier_type)
+        outlier_perc = _check_outlier_perc(outlier_perc)
         threshold = self._check_threshold()
         fscore, iscore = self.score(X, outlier_perc, batch_size)
         flagged = iscore if outlier_type == "instance" else fscore
