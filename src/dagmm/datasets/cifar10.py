@@ -52,6 +52,13 @@ class _BatchUnpickler(pickle.Unpickler):
                 f"CIFAR-10 batch refers to {module}.{name}, which a CIFAR batch never needs; "
                 "the file is not a genuine CIFAR-10 batch and was not loaded."
             )
+        if module == "numpy.core.multiarray":
+            # numpy >= 2 warns on the old path; resolve it to where _reconstruct lives now
+            try:
+                from numpy._core import multiarray
+            except ImportError:  # numpy < 2
+                from numpy.core import multiarray
+            return multiarray._reconstruct
         return super().find_class(module, name)
 
 
