@@ -17,7 +17,7 @@ import shutil
 import tarfile
 import urllib.request
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 
