@@ -158,3 +158,14 @@ def test_bad_arguments(tabular):
         od.predict(X, outlier_perc=150)
     with pytest.raises(ValueError, match=r"X_orig has shape \(100, 10\) but X_recon has shape \(100, 9\)"):
         OutlierAE.feature_score(X, X[:, :9])
+
+
+def test_default_optimizer_is_adam_lr_1e3(tabular, monkeypatch):
+    import dagmm.ae as ae_mod
+
+    built = []
+    real = ae_mod.resolve_optimizer
+    monkeypatch.setattr(ae_mod, "resolve_optimizer", lambda o, p, lr: built.append(real(o, p, lr)) or built[-1])
+    OutlierAE().fit(tabular[0][:100], epochs=1, verbose=False)
+    (opt,) = built
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 1e-3
