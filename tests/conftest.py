@@ -36,3 +36,12 @@ def tabular():
     X_train = X[train & (y == 0)]
     mean, std = X_train.mean(0), X_train.std(0) + 1e-8
     return (X_train - mean) / std, (X[~train] - mean) / std, y[~train]
+
+
+@pytest.fixture(scope="session")
+def digits_images():
+    """scikit-learn's bundled 8x8 digits in [0, 1], upscaled to (N, 16, 16, 1); no download."""
+    from sklearn.datasets import load_digits
+
+    X = (load_digits().images / 16.0).astype(np.float32)
+    return np.kron(X, np.ones((2, 2), dtype=np.float32))[..., None]  # (1797, 16, 16, 1)

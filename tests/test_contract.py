@@ -10,15 +10,19 @@ import torch
 from torch import nn
 
 import dagmm
-from dagmm import NotFittedError, OutlierAEGMM
+from dagmm import NotFittedError, OutlierAE, OutlierAEGMM
 
 
 def _fit_aegmm(X):
     return OutlierAEGMM(n_gmm=2, data_type="tabular").fit(X, epochs=2, batch_size=64, verbose=False, seed=0)
 
 
+def _fit_ae(X):
+    return OutlierAE(data_type="tabular").fit(X, epochs=2, batch_size=64, verbose=False, seed=0)
+
+
 # name -> (class, fit function); other detectors register here
-DETECTORS = {"OutlierAEGMM": (OutlierAEGMM, _fit_aegmm)}
+DETECTORS = {"OutlierAEGMM": (OutlierAEGMM, _fit_aegmm), "OutlierAE": (OutlierAE, _fit_ae)}
 
 
 @pytest.fixture(params=sorted(DETECTORS))
@@ -88,9 +92,10 @@ def test_errors_before_fit_and_without_threshold(tabular, request):
         (np.array([["a", "b"], ["c", "d"]]), TypeError, "X must hold real numbers (float or int), got dtype <U1."),
     ],
 )
-def test_bad_input_to_fit(bad, exc, msg):
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_bad_input_to_fit(name, bad, exc, msg):
     with pytest.raises(exc) as info:
-        OutlierAEGMM().fit(bad, epochs=1, verbose=False)
+        DETECTORS[name][0]().fit(bad, epochs=1, verbose=False)
     assert msg in str(info.value)
 
 

@@ -1,6 +1,7 @@
 """Unsupervised deep outlier detection on PyTorch: DAGMM and auto-encoder detectors."""
 
 from ._version import __version__
+from .ae import OutlierAE
 from .aegmm import OutlierAEGMM
 from .base import NotFittedError
 from .gmm import CholeskyError
@@ -9,6 +10,7 @@ from .training import TrainingDivergedError
 __all__ = [
     "__version__",
     "OutlierAEGMM",
+    "OutlierAE",
     "NotFittedError",
     "CholeskyError",
     "TrainingDivergedError",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from ._layout import channels_last
 from .features import default_recon_features
 
-__all__ = ["AEGMMNet", "mlp", "paper_kddcup_nets"]
+__all__ = ["AEGMMNet", "AENet", "ConvDecoder", "ConvEncoder", "default_ae_nets", "mlp", "paper_kddcup_nets"]
 
 
 def mlp(widths: list[int], activation: type[nn.Module] = nn.Tanh, last_activation: bool = False) -> nn.Sequential:
@@ -79,3 +81,95 @@ class AEGMMNet(nn.Module):
         z = torch.cat([latent.flatten(1), self.recon_features(x, x_recon)], dim=1)  # (N, L + R)
         gamma = self.gmm_density(z)
         return x_recon, z, gamma
+
+
+class AENet(nn.Module):
+    """Plain auto-encoder: ``forward(x) = decoder(encoder(x))``, same shape as ``x``."""
+
+    def __init__(self, encoder_net: nn.Module, decoder_net: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder_net
+        self.decoder = decoder_net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class ConvEncoder(nn.Module):
+    """Two stride-2 convolutions and a linear map to a ``latent_dim`` code.
+
+    Takes images in the layout given (``channels_last=True`` for (N, H, W, C))
+    and returns (N, latent_dim).
+    """
+
+    def __init__(self, image_shape: Sequence[int], channels_last: bool, latent_dim: int = 32,
+                 widths: Sequence[int] = (32, 64)) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        self.channels_last = channels_last
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, widths[0], 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(widths[0], widths[1], 3, stride=2, padding=1), nn.ReLU(),
+        )
+        self.code = nn.Linear(widths[1] * _quarter(h) * _quarter(w), latent_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)  # (N, C, H, W)
+        return self.code(self.conv(x).flatten(1))  # (N, L)
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of :class:`ConvEncoder`: linear map, two stride-2 transposed convolutions.
+
+    The transposed convolutions give ``4 * ceil(H / 4)`` rows, which is cropped
+    to ``H`` (same for ``W``); the output is in the input's layout and linear,
+    so any scaling of the data can be reconstructed.
+    """
+
+    def __init__(self, image_shape: Sequence[int], channels_last: bool, latent_dim: int = 32,
+                 widths: Sequence[int] = (32, 64)) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        self.image_shape = (c, h, w)
+        self.channels_last = channels_last
+        self.grid = (widths[1], _quarter(h), _quarter(w))
+        self.expand = nn.Sequential(nn.Linear(latent_dim, math.prod(self.grid)), nn.ReLU())
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(widths[1], widths[0], 4, stride=2, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(widths[0], c, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _, h, w = self.image_shape
+        x = self.deconv(self.expand(z).reshape(-1, *self.grid))  # (N, C, 4 ceil(H/4), 4 ceil(W/4))
+        x = x[:, :, :h, :w]  # (N, C, H, W)
+        return x.permute(0, 2, 3, 1) if self.channels_last else x  # layout of the input
+
+
+def _quarter(n: int) -> int:
+    """Size after two stride-2, padding-1, kernel-3 convolutions."""
+    return math.ceil(math.ceil(n / 2) / 2)
+
+
+def default_ae_nets(feature_shape: Sequence[int], latent_dim: int | None = None) -> tuple[nn.Module, nn.Module]:
+    """Encoder and decoder for data whose rows have shape ``feature_shape``.
+
+    ``(F,)`` rows get an MLP ``F-64-32-L`` with ReLU and its mirror, ``L =
+    max(2, F // 4)`` unless given.  ``(H, W, C)`` or ``(C, H, W)`` rows (the
+    layout is read by :func:`dagmm._layout.channels_last`) get the small
+    convolutional pair :class:`ConvEncoder` / :class:`ConvDecoder` with
+    ``L = 32``.  Any other rows are flattened, passed through the MLP and
+    reshaped back.
+    """
+    feature_shape = tuple(int(s) for s in feature_shape)
+    if len(feature_shape) == 3:
+        last = channels_last((0, *feature_shape))
+        h, w, c = feature_shape if last else (*feature_shape[1:], feature_shape[0])
+        latent = latent_dim or 32
+        return (ConvEncoder((c, h, w), last, latent), ConvDecoder((c, h, w), last, latent))
+    n = math.prod(feature_shape)
+    latent = latent_dim or max(2, n // 4)
+    encoder = nn.Sequential(nn.Flatten(), mlp([n, 64, 32, latent], nn.ReLU))
+    decoder = nn.Sequential(mlp([latent, 32, 64, n], nn.ReLU), nn.Unflatten(1, feature_shape))
+    return encoder, decoder
