@@ -5,6 +5,7 @@ from .ae import OutlierAE
 from .aegmm import OutlierAEGMM
 from .base import NotFittedError
 from .gmm import CholeskyError
+from .persistence import fetch_detector, load_detector, save_detector
 from .training import TrainingDivergedError
 
 __all__ = [
@@ -14,4 +15,7 @@ __all__ = [
     "NotFittedError",
     "CholeskyError",
     "TrainingDivergedError",
+    "save_detector",
+    "load_detector",
+    "fetch_detector",
 ]

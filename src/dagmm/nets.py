@@ -106,12 +106,17 @@ class ConvEncoder(nn.Module):
                  widths: Sequence[int] = (32, 64)) -> None:
         super().__init__()
         c, h, w = image_shape
+        self._config = _conv_config(image_shape, channels_last, latent_dim, widths)
         self.channels_last = channels_last
         self.conv = nn.Sequential(
             nn.Conv2d(c, widths[0], 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(widths[0], widths[1], 3, stride=2, padding=1), nn.ReLU(),
         )
         self.code = nn.Linear(widths[1] * _quarter(h) * _quarter(w), latent_dim)
+
+    def config(self) -> dict:
+        """Constructor arguments as JSON values; ``ConvEncoder(**enc.config())`` rebuilds it."""
+        return dict(self._config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -131,6 +136,7 @@ class ConvDecoder(nn.Module):
                  widths: Sequence[int] = (32, 64)) -> None:
         super().__init__()
         c, h, w = image_shape
+        self._config = _conv_config(image_shape, channels_last, latent_dim, widths)
         self.image_shape = (c, h, w)
         self.channels_last = channels_last
         self.grid = (widths[1], _quarter(h), _quarter(w))
@@ -140,11 +146,20 @@ class ConvDecoder(nn.Module):
             nn.ConvTranspose2d(widths[0], c, 4, stride=2, padding=1),
         )
 
+    def config(self) -> dict:
+        """Constructor arguments as JSON values; ``ConvDecoder(**dec.config())`` rebuilds it."""
+        return dict(self._config)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         _, h, w = self.image_shape
         x = self.deconv(self.expand(z).reshape(-1, *self.grid))  # (N, C, 4 ceil(H/4), 4 ceil(W/4))
         x = x[:, :, :h, :w]  # (N, C, H, W)
         return x.permute(0, 2, 3, 1) if self.channels_last else x  # layout of the input
+
+
+def _conv_config(image_shape: Sequence[int], channels_last: bool, latent_dim: int, widths: Sequence[int]) -> dict:
+    return {"image_shape": [int(s) for s in image_shape], "channels_last": bool(channels_last),
+            "latent_dim": int(latent_dim), "widths": [int(w) for w in widths]}
 
 
 def _quarter(n: int) -> int:

@@ -1,0 +1,10 @@
+"""Saving, loading and fetching detectors as JSON + safetensors, without pickle.
+
+See ``docs/saved-format.md`` for the directory format and the registry layout.
+"""
+
+from .io import FORMAT_VERSION, load_detector, read_config, save_detector
+from .registry import DEFAULT_REGISTRY_URL, fetch_detector, package_detector
+
+__all__ = ["FORMAT_VERSION", "DEFAULT_REGISTRY_URL", "save_detector", "load_detector", "read_config",
+           "fetch_detector", "package_detector"]
