@@ -25,7 +25,8 @@ from torch import nn
 from ..features import default_recon_features
 from ..nets import AEGMMNet, AENet, ConvDecoder, ConvEncoder
 
-__all__ = ["CALLABLES", "LAYERS", "describe_module", "build_module", "callable_name", "custom_arguments"]
+__all__ = ["CALLABLES", "LAYERS", "describe_module", "build_module", "callable_name", "custom_arguments",
+           "function_entry"]
 
 _CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
          "padding_mode")
@@ -96,6 +97,15 @@ def callable_name(fn: Callable) -> Optional[str]:
     return None
 
 
+def function_entry(fn: Callable, argument: str) -> dict:
+    """``{"callable": registry name}`` for a library default, else ``{"custom", "argument"}``."""
+    name = callable_name(fn)
+    if name is not None:
+        return {"callable": name}
+    qualname = getattr(fn, "__qualname__", type(fn).__qualname__)
+    return {"custom": f"{getattr(fn, '__module__', None) or '?'}.{qualname}", "argument": argument}
+
+
 def _jsonable_arg(value: Any) -> Any:
     if isinstance(value, torch.Size):
         value = tuple(value)
@@ -148,9 +158,7 @@ def describe_module(module: nn.Module, argument: str) -> dict:
             for attr, arg in parts.items():
                 desc[attr] = describe_module(getattr(module, attr), arg)
             if klass is AEGMMNet:
-                name = callable_name(module.recon_features)
-                desc["recon_features"] = ({"callable": name} if name is not None else
-                                          {"custom": _qualname(module.recon_features), "argument": "recon_features"})
+                desc["recon_features"] = function_entry(module.recon_features, "recon_features")
             return desc
     try:
         return _describe(module)

@@ -29,7 +29,7 @@ from torch import nn
 
 from .._version import __version__
 from ._fs import CONFIG, WEIGHTS, fsync_path, staged_dir
-from .architecture import build_callable, build_module, callable_name, describe_module
+from .architecture import build_callable, build_module, describe_module, function_entry
 from .values import UnsavableValue, decode, encode
 
 __all__ = ["FORMAT_VERSION", "DETECTOR_CLASSES", "save_detector", "load_detector", "read_config"]
@@ -54,14 +54,6 @@ def _is_detector(value: Any) -> bool:
 
 
 # --------------------------------------------------------------------------- save
-def _function_entry(fn: Callable, argument: str) -> dict:
-    name = callable_name(fn)
-    if name is not None:
-        return {"callable": name}
-    return {"custom": f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}",
-            "argument": argument}
-
-
 def _encode_attr(det: Any, name: str, value: Any, key: str, tensors: dict, device: torch.device) -> Any:
     """JSON form of one attribute or constructor argument."""
     if isinstance(value, nn.Module):
@@ -72,7 +64,7 @@ def _encode_attr(det: Any, name: str, value: Any, key: str, tensors: dict, devic
     if isinstance(value, torch.device):
         return {"__device__": str(value)}
     if callable(value) and not isinstance(value, (type, torch.Tensor)) and not _is_detector(value):
-        return {"__function__": _function_entry(value, name)}
+        return {"__function__": function_entry(value, name)}
     try:
         return encode(value, key, tensors, device, lambda v, prefix: _describe(v, prefix, tensors)
                       if _is_detector(v) else None)
