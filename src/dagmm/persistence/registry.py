@@ -102,9 +102,11 @@ def _check_entry(entry: dict, url: str) -> None:
 
 def _download(url: str, part: Path, size: int, sha256: str, timeout: float) -> None:
     """Stream ``url`` into ``part``; raise unless exactly ``size`` bytes with ``sha256`` arrived."""
-    h, n = hashlib.sha256(), 0
+    h, n, declared = hashlib.sha256(), 0, None
     try:
         with _open(url, timeout, "artifact " + url.rsplit("/", 1)[-1]) as resp, open(part, "wb") as out:
+            length = resp.headers.get("Content-Length")
+            declared = int(length) if length and length.isdigit() else None
             while n <= size:
                 chunk = resp.read(min(_CHUNK, size + 1 - n))
                 if not chunk:
@@ -117,6 +119,9 @@ def _download(url: str, part: Path, size: int, sha256: str, timeout: float) -> N
     except (http.client.HTTPException, ConnectionResetError, TimeoutError) as err:
         raise ConnectionError(f"The download of {url} was interrupted after {n} bytes ({type(err).__name__}); "
                               "nothing was cached. Retry.") from None
+    if declared is not None and n < min(declared, size + 1):  # http.client returns b"" at an early close
+        raise ConnectionError(f"The download of {url} was interrupted after {n} of {declared} bytes; "
+                              "nothing was cached. Retry.")
     if n != size:
         raise ConnectionError(f"The download of {url} gave {'more than ' if n > size else ''}{n} bytes but index.json "
                               f"lists {size}; nothing was cached. Retry.")
