@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +28,12 @@ def check_replaceable(target: Path) -> None:
     if not is_saved_detector(target) and any(target.iterdir()):
         raise FileExistsError(f"Refusing to overwrite {target}: it is not a saved dagmm detector (no {CONFIG}) "
                               "and not empty. Choose another path or delete it.")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fsync_path(path: Path) -> None:
@@ -56,10 +63,14 @@ def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(os.path.abspath(target))
     check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(6)}"
+    tmp.mkdir()  # not mkdtemp: the detector gets the usual permissions, not 0o700
     try:
         yield tmp
+        file_mode = 0o666 & ~_umask()
         for f in tmp.rglob("*"):
+            if f.is_file():
+                os.chmod(f, file_mode)  # some writers create 0o600 files
             fsync_path(f)
         fsync_path(tmp)
         swap_into_place(tmp, target)
