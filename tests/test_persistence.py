@@ -493,3 +493,13 @@ def test_dagmm_estimator_with_nested_detector(data, tmp_path, monkeypatch):
     est.x_mean_ = est.x_std_ = None  # normalize=False stores None
     save_detector(est, tmp_path / "est")
     assert load_detector(tmp_path / "est").x_mean_ is None
+
+
+def test_tensor_on_indexed_cuda_device_counts_as_detector_device():
+    from dagmm.persistence.values import _same_device
+
+    assert _same_device(torch.device("cuda:0"), torch.device("cuda"))  # device="cuda" puts tensors on cuda:0
+    assert _same_device(torch.device("cuda:1"), torch.device("cuda:1"))
+    assert not _same_device(torch.device("cuda:1"), torch.device("cuda:0"))
+    assert not _same_device(torch.device("cpu"), torch.device("cuda"))
+    assert _same_device(torch.device("cpu"), torch.device("cpu"))

@@ -36,6 +36,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _same_device(a: torch.device, detector: torch.device) -> bool:
+    """``cuda:0`` is on a detector whose device is ``cuda`` (the current device)."""
+    return a.type == detector.type and (detector.index is None or a.index == detector.index)
+
+
 def encode(value: Any, key: str, tensors: MutableMapping[str, torch.Tensor], detector_device: torch.device,
            nested: Callable[[Any, str], dict | None]) -> Any:
     """JSON form of ``value``; tensors go into ``tensors`` under ``key`` (sub-keys for nested values).
@@ -58,7 +63,7 @@ def encode(value: Any, key: str, tensors: MutableMapping[str, torch.Tensor], det
     if isinstance(value, torch.Tensor):
         tensors[key] = value.detach().to("cpu", copy=True).contiguous()
         return {"__tensor__": key, "dtype": _dtype_name(value.dtype), "shape": list(value.shape),
-                "device": "detector" if value.device == detector_device else "cpu"}
+                "device": "detector" if _same_device(value.device, detector_device) else "cpu"}
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "biuf":
             raise UnsavableValue(f"NumPy array of dtype {value.dtype}")
