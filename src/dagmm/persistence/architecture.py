@@ -25,8 +25,7 @@ from torch import nn
 from ..features import default_recon_features
 from ..nets import AEGMMNet, AENet, ConvDecoder, ConvEncoder
 
-__all__ = ["CALLABLES", "LAYERS", "describe_module", "build_module", "callable_name", "custom_arguments",
-           "function_entry"]
+__all__ = ["CALLABLES", "LAYERS", "describe_module", "build_module", "callable_name", "function_entry"]
 
 _CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
          "padding_mode")
@@ -166,17 +165,6 @@ def describe_module(module: nn.Module, argument: str) -> dict:
         return {"custom": _qualname(module), "argument": argument, "reason": f"{err} is not a layer dagmm rebuilds"}
 
 
-def custom_arguments(desc: Mapping) -> list[str]:
-    """The ``load_detector`` arguments a description needs from the user."""
-    if "custom" in desc:
-        return [desc["argument"]]
-    found = []
-    for key in ("encoder", "decoder", "gmm_density", "recon_features"):
-        if isinstance(desc.get(key), Mapping):
-            found += custom_arguments(desc[key])
-    return found
-
-
 def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
@@ -234,7 +222,8 @@ def build_module(desc: Any, supplied: Mapping[str, Any], where: str = "network")
     else:
         raise ValueError(
             f"config.json: {where} has unknown layer type {kind!r}; dagmm rebuilds only "
-            f"Sequential, {', '.join(sorted(LAYERS))}, {', '.join(sorted(_PARTS))} and {', '.join(sorted(_CONFIGURED))}. "
+            f"Sequential, {', '.join(sorted(LAYERS))}, "
+            f"{', '.join(sorted(_PARTS))} and {', '.join(sorted(_CONFIGURED))}. "
             "Upgrade dagmm if the file was written by a newer version."
         )
     try:

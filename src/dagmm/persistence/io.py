@@ -22,7 +22,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -178,7 +178,7 @@ def read_config(filepath: Union[str, os.PathLike]) -> dict:
                                 "dagmm.save_detector.") from None
     try:
         config = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"{path / CONFIG} is not valid JSON ({err}); the file is damaged. "
                          "Save the detector again.") from None
     version = config.get("format_version") if isinstance(config, dict) else None
@@ -289,6 +289,9 @@ def _build(config: Mapping, tensors: dict, used: set, supplied: _Supplied, overr
         raise ValueError(f"{cls.__name__} rejected the arguments saved in {CONFIG}: {err}") from None
     for section in ("attributes", "fitted"):
         for name, value in (config.get(section) or {}).items():
+            if not (isinstance(name, str) and name.isidentifier() and not name.startswith("__")):
+                raise ValueError(f"{CONFIG} names attribute {name!r} in '{section}', which is not a plain "
+                                 "attribute name; the file was not written by dagmm.")
             setattr(det, name, dec(value, name))
     for name, module in modules.items():
         setattr(det, name, module)
