@@ -503,3 +503,9 @@ def test_tensor_on_indexed_cuda_device_counts_as_detector_device():
     assert not _same_device(torch.device("cuda:1"), torch.device("cuda:0"))
     assert not _same_device(torch.device("cpu"), torch.device("cuda"))
     assert _same_device(torch.device("cpu"), torch.device("cpu"))
+
+
+def test_config_cannot_set_dunder_attributes(saved):
+    _edit_config(saved, lambda c: c["attributes"].update(__dict__={"threshold": 1.0}))
+    with pytest.raises(ValueError, match=r"names attribute '__dict__' in 'attributes', which is not a plain"):
+        load_detector(saved)
