@@ -201,7 +201,8 @@ def test_custom_recon_features_passed_at_load(data, tmp_path):
 def test_any_underscore_attribute_round_trips(fitted_aegmm, data, tmp_path):
     od = fitted_aegmm
     od.extra_ = {"pair": (1, 2.5), "ids": np.arange(5, dtype=np.int16), "half": torch.ones(2, dtype=torch.float16),
-                 "nested": [np.float32(1.5), None, "x", {"__tuple__": 1}], "flag": np.bool_(True)}
+                 "nested": [np.float32(1.5), None, "x", {"__tuple__": 1}], "flag": np.bool_(True),
+                 "tricky": {"__tensor__": "not a tensor", "shape": 3}}
     od.nan_ = float("nan")
     od.inf_ = (float("-inf"), np.array([[1.0, 2.0]], dtype=">f8"))
     save_detector(od, tmp_path / "det")
@@ -211,6 +212,7 @@ def test_any_underscore_attribute_round_trips(fitted_aegmm, data, tmp_path):
     assert back.extra_["pair"] == (1, 2.5) and back.extra_["nested"] == [1.5, None, "x", {"__tuple__": 1}]
     assert back.extra_["ids"].dtype == np.int16 and back.extra_["half"].dtype == torch.float16
     assert back.extra_["flag"] is True and np.isnan(back.nan_)
+    assert back.extra_["tricky"] == {"__tensor__": "not a tensor", "shape": 3}
     assert back.inf_[0] == float("-inf") and back.inf_[1].dtype == np.float64 and back.inf_[1].tolist() == [[1, 2]]
     od.bad_ = object()
     with pytest.raises(TypeError, match=r"Cannot save attribute 'bad_' of OutlierAEGMM: builtins.object values"):
@@ -509,3 +511,19 @@ def test_config_cannot_set_dunder_attributes(saved):
     _edit_config(saved, lambda c: c["attributes"].update(__dict__={"threshold": 1.0}))
     with pytest.raises(ValueError, match=r"names attribute '__dict__' in 'attributes', which is not a plain"):
         load_detector(saved)
+
+
+def test_whole_custom_ae_passed_at_load(data, tmp_path):
+    class MyAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(10, 10)
+
+        def forward(self, x):
+            return self.lin(x)
+
+    od = OutlierAE(ae=MyAE()).fit(data[0], epochs=1, verbose=False, seed=0)
+    save_detector(od, tmp_path / "det")
+    with pytest.raises(ValueError, match=r"custom module .*MyAE \(ae\).*load_detector\(path, ae=\.\.\.\)"):
+        load_detector(tmp_path / "det")
+    _roundtrip(od, tmp_path / "det", data[1], ae=MyAE())

@@ -10,7 +10,7 @@ written as they are.  Everything else is an object with one marker key:
   the detector's device);
 - ``{"__ndarray__": key, "dtype": "float32", "shape": [...]}`` a NumPy array stored the same way;
 - ``{"__detector__": {...}}`` a nested detector (see :mod:`dagmm.persistence.io`);
-- ``{"__dict__": {...}}`` a dict whose only key happens to be a marker.
+- ``{"__dict__": {...}}`` a dict that has a marker among its keys.
 
 NumPy scalars are written as Python numbers.
 """
@@ -82,7 +82,7 @@ def encode(value: Any, key: str, tensors: MutableMapping[str, torch.Tensor], det
         if bad:
             raise UnsavableValue(f"dict with non-string key {bad[0]!r}")
         out = {k: encode(v, f"{key}.{k}", tensors, detector_device, nested) for k, v in value.items()}
-        return {"__dict__": out} if len(out) == 1 and next(iter(out)) in MARKERS else out
+        return {"__dict__": out} if any(k in MARKERS for k in out) else out
     sub = nested(value, key + ".")
     if sub is not None:
         return {"__detector__": sub}
