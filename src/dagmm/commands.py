@@ -192,7 +192,7 @@ def cmd_evaluate(args) -> int:
     if args.roc:
         from .utils.visualize import plot_roc
 
-        fig = plot_roc([(type(od).__name__, y, scores)])
+        fig = plot_roc({type(od).__name__: {"scores": scores, "labels": y}})
         fig.savefig(args.roc, dpi=100)
         print(f"Wrote ROC curve to {args.roc}")
     return 0
