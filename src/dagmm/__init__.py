@@ -4,11 +4,13 @@ from ._version import __version__
 from .ae import OutlierAE
 from .aegmm import OutlierAEGMM
 from .base import NotFittedError
+from .estimator import DAGMM
 from .gmm import CholeskyError
 from .training import TrainingDivergedError
 
 __all__ = [
     "__version__",
+    "DAGMM",
     "OutlierAEGMM",
     "OutlierAE",
     "NotFittedError",
