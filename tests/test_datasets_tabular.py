@@ -179,3 +179,13 @@ def test_protocol_split_errors(labelled):
         protocol_split(X, y[:3])
     with pytest.raises(ValueError, match=r"y must contain only 0 \(normal\) and 1 \(anomaly\)"):
         protocol_split(X, y * 2)
+
+
+def test_protocol_indices_match_split(labelled):
+    from dagmm.datasets import protocol_indices
+
+    X, y = labelled
+    train, test = protocol_indices(y, "A", seed=4)
+    X_train, X_test, y_test = protocol_split(X, y, "A", seed=4, scaler=None)
+    np.testing.assert_array_equal(X_train[:, 0], train)
+    np.testing.assert_array_equal(X_test[:, 0], test)

@@ -19,10 +19,23 @@ import numpy as np
 
 from .._validation import check_array
 
-__all__ = ["PROTOCOLS", "SCALERS", "protocol_split"]
+__all__ = ["PROTOCOLS", "SCALERS", "protocol_indices", "protocol_split"]
 
 PROTOCOLS = ("A", "B", "C")
 SCALERS = ("zscore", "minmax", None)
+
+
+def protocol_indices(y: Any, protocol: str = "A", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(train, test)`` of :func:`protocol_split`, both sorted.
+
+    Useful to build a validation split inside the training part: under
+    protocol A the rows of the training half that are *not* in ``train``
+    (its anomalies) are in neither index.
+    """
+    y = np.asarray(y).reshape(-1)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be 'A', 'B' or 'C', got {protocol!r}.")
+    return _split_indices(y, protocol, int(seed))
 
 
 def _split_indices(y: np.ndarray, protocol: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
