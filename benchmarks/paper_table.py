@@ -60,7 +60,7 @@ PAPER = {
     "kddcup_rev": {"dagmm": (None, None, 0.9380)},
 }
 OCSVM_MAX_TRAIN = 10_000  # OneClassSVM is O(n^2) in memory and time: fit on a seeded subsample
-QUICK = dict(epochs=2, rows=3000, ocsvm_max=500)
+QUICK = dict(epochs=2, rows=2000, ocsvm_max=500)
 
 
 # ------------------------------------------------------------------ data
@@ -304,7 +304,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="worker processes, one torch thread each (default 1)")
     ap.add_argument("--data-home", default=None, help="data folder (default $DAGMM_DATA or ~/.cache/dagmm)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output folder")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 2 epochs, 1 seed, 3000-row subsamples")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 epochs, 1 seed, 2000-row subsamples")
     ap.add_argument("--validate", action="store_true",
                     help="score on a validation split of the training half (for choosing settings)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
