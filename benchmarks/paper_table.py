@@ -269,7 +269,12 @@ def markdown(doc: dict) -> str:
                   f"Settings: compression {cfg['comp']}, estimation {cfg['est']}, epochs {cfg['epochs']}, batch "
                   f"{cfg['batch']}, lambda1 {COMMON['lambda1']}, lambda2 {cfg['lambda2']}, lr {COMMON['lr']}, "
                   f"scaler {cfg['scaler']} ({cfg['scale']} columns, fitted on the training split); "
-                  f"wall time {entry['wall_time_s']:.0f} s with {entry['jobs']} jobs.", ""]
+                  f"wall time {entry['wall_time_s']:.0f} s (sum over the runs below of task seconds / jobs).", ""]
+        for run in entry["runs"]:
+            lines.append(f"- run: protocols {','.join(run['protocols'])}, methods {','.join(run['methods'])}, "
+                         f"{run['seeds']} seeds, {run['jobs']} jobs: {run['wall_time_s']:.0f} s "
+                         f"(whole invocation {run['invocation_wall_time_s']:.0f} s)")
+        lines.append("")
         lines += ["| protocol | method | seeds | precision | recall | F1 | AUROC | AUPRC |", "|---|---|---:|---|---|---|---|---|"]
         for method, (p, r, f) in PAPER.get(name, {}).items():
             fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
@@ -356,12 +361,18 @@ def main(argv=None) -> int:
                iforest="IsolationForest(n_estimators=100, random_state=seed)",
                machine={"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()})
     for name in names:
-        entry = doc["datasets"].setdefault(name, {"results": {}})
-        entry.update(settings={k: list(v) if isinstance(v, tuple) else v for k, v in cfgs[name].items()},
-                     wall_time_s=sum(r["seconds"] for r in results if r["dataset"] == name) / args.jobs,
-                     total_wall_time_s=total, jobs=args.jobs, seeds=seeds, quick=args.quick,
-                     validate=args.validate, paper=PAPER[name])
-        entry["results"].update(table.get(name, {}))
+        entry = doc["datasets"].setdefault(name, {"results": {}, "runs": []})
+        # a run split by --datasets/--protocols/--methods replaces only the cells it computed
+        for protocol, methods_done in table.get(name, {}).items():
+            entry["results"].setdefault(protocol, {}).update(methods_done)
+        entry["runs"] = [r for r in entry.get("runs", [])
+                         if not (set(r["protocols"]) <= set(protocols) and set(r["methods"]) <= set(methods))]
+        entry["runs"].append({"protocols": protocols, "methods": methods, "seeds": seeds, "jobs": args.jobs,
+                              "wall_time_s": sum(r["seconds"] for r in results if r["dataset"] == name) / args.jobs,
+                              "invocation_wall_time_s": total, "quick": args.quick, "validate": args.validate,
+                              "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfgs[name].items()}})
+        entry.update(settings=entry["runs"][-1]["settings"], paper=PAPER[name],
+                     wall_time_s=sum(r["wall_time_s"] for r in entry["runs"]))
     path_json.write_text(json.dumps(doc, indent=1))
     text = markdown(doc)
     (out / f"{stem}.md").write_text(text)

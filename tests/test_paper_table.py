@@ -23,7 +23,7 @@ def test_quick_paper_table(tmp_path, shared_data):
     md = (tmp_path / "paper_table_quick.md").read_text()
     assert set(doc["datasets"]) == {"kddcup", "thyroid"}
     for name, entry in doc["datasets"].items():
-        assert entry["quick"] is True and entry["wall_time_s"] > 0 and entry["settings"]["epochs"] == 2
+        assert entry["runs"][-1]["quick"] is True and entry["wall_time_s"] > 0 and entry["settings"]["epochs"] == 2
         assert set(entry["results"]) == {"A", "C"}
         for protocol, methods in entry["results"].items():
             assert set(methods) == {"dagmm", "untrained", "ae", "ocsvm", "iforest"}
@@ -38,14 +38,16 @@ def test_quick_paper_table(tmp_path, shared_data):
         assert a["dagmm"]["train_sq_error"] > 0 and a["untrained"]["train_sq_error"] > 0
         assert f"## {name}" in md and "Target " in md
     assert "| A | paper dagmm | 20 | 0.9297 | 0.9442 | 0.9369 |" in md
-    # a second run of another dataset merges into the same table
-    proc = subprocess.run([*cmd[:7], "arrhythmia", *cmd[8:], "--methods", "iforest", "--protocols", "C"],
+    # a later run of some cells replaces only those cells
+    before = doc["datasets"]["thyroid"]["results"]["C"]
+    proc = subprocess.run([*cmd[:7], "thyroid", *cmd[8:], "--methods", "iforest", "--protocols", "C", "--seeds", "2"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "paper_table_quick.json").read_text())
-    assert set(doc["datasets"]) == {"kddcup", "thyroid", "arrhythmia"}
-    assert set(doc["datasets"]["arrhythmia"]["results"]["C"]) == {"iforest"}
-
+    after = doc["datasets"]["thyroid"]["results"]
+    assert set(after["C"]) == set(before) and after["C"]["dagmm"] == before["dagmm"]
+    assert after["C"]["iforest"]["n_seeds"] == 2 and len(doc["datasets"]["thyroid"]["runs"]) == 2
+    assert set(doc["datasets"]) == {"kddcup", "thyroid"}
 
 def test_bad_arguments_are_refused(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper_table.py"), "--datasets", "mnist",
