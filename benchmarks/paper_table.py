@@ -43,13 +43,13 @@ METHODS = ("dagmm", "untrained", "ae", "ocsvm", "iforest")
 #: validation splits of the training data (benchmarks/results/NOTES-paper.md, `--validate` runs).
 CONFIGS = {
     "kddcup": dict(comp=(60, 30, 10, 1), est=(10, 4), epochs=200, batch=1024, lambda2=0.005,
-                   scaler="zscore", scale="continuous", recon="sum"),
+                   scaler="minmax", scale="all", recon="sum"),
     "thyroid": dict(comp=(12, 4, 1), est=(10, 2), epochs=20000, batch=1024, lambda2=0.005,
-                    scaler="zscore", scale="all", recon="sum"),
+                    scaler="minmax", scale="all", recon="sum"),
     "arrhythmia": dict(comp=(10, 2), est=(10, 2), epochs=10000, batch=128, lambda2=0.005,
-                       scaler="zscore", scale="all", recon="sum"),
+                       scaler="minmax", scale="all", recon="sum"),
     "kddcup_rev": dict(comp=(60, 30, 10, 1), est=(10, 2), epochs=400, batch=1024, lambda2=0.005,
-                       scaler="zscore", scale="continuous", recon="sum"),
+                       scaler="minmax", scale="all", recon="sum"),
 }
 COMMON = dict(activation="tanh", dropout=0.5, lambda1=0.1, lr=1e-4)
 #: Paper Table 2 (protocol A, mean of 20 runs): DAGMM and the OC-SVM baseline.
