@@ -4,12 +4,14 @@ from ._version import __version__
 from .ae import OutlierAE
 from .aegmm import OutlierAEGMM
 from .base import NotFittedError
+from .estimator import DAGMM
 from .gmm import CholeskyError
 from .persistence import fetch_detector, load_detector, save_detector
 from .training import TrainingDivergedError
 
 __all__ = [
     "__version__",
+    "DAGMM",
     "OutlierAEGMM",
     "OutlierAE",
     "NotFittedError",

@@ -1,5 +1,9 @@
-"""Data set loaders."""
+"""Data set loaders and the evaluation protocols of the DAGMM paper."""
 
 from .cifar10 import load_cifar10
+from .kddcup99 import load_kddcup99
+from .odds import load_arrhythmia, load_thyroid
+from .protocols import protocol_indices, protocol_split
 
-__all__ = ["load_cifar10"]
+__all__ = ["load_arrhythmia", "load_cifar10", "load_kddcup99", "load_thyroid", "protocol_indices",
+           "protocol_split"]

@@ -10,16 +10,18 @@ checked against its published SHA-256 before it is used.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import shutil
 import tarfile
-import urllib.request
 from pathlib import Path
 from typing import Union
 
 import numpy as np
+
+from ._fetch import data_home as _data_home
+from ._fetch import download as _download
+from ._fetch import sha256 as _sha256
 
 __all__ = ["CIFAR10_LABELS", "CIFAR10_SHA256", "CIFAR10_URL", "load_cifar10"]
 
@@ -60,35 +62,6 @@ class _BatchUnpickler(pickle.Unpickler):
                 from numpy.core import multiarray
             return multiarray._reconstruct
         return super().find_class(module, name)
-
-
-def _data_home(data_home: Union[None, str, os.PathLike]) -> Path:
-    if data_home is not None:
-        return Path(data_home).expanduser()
-    env = os.environ.get("DAGMM_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "dagmm"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _download(url: str, dest: Path, sha256: str) -> None:
-    """Fetch ``url`` to ``dest`` through a temporary file and verify its checksum."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
-        shutil.copyfileobj(resp, out, 1 << 20)
-    got = _sha256(tmp)
-    if got != sha256:
-        tmp.unlink()
-        raise OSError(f"The file downloaded from {url} has SHA-256 {got}, expected {sha256}; it was deleted. "
-                      "Retry, or download it by hand and check it.")
-    tmp.replace(dest)
 
 
 def _extract(archive: Path, home: Path) -> None:
