@@ -121,3 +121,21 @@ def test_bad_data_and_unfitted(data):
 def test_docstring_explains_predict_convention():
     doc = DAGMM.__doc__
     assert "higher means more anomalous" in doc and "decision_function" in doc and "+1" in doc
+
+
+def test_save_restore_round_trip_is_exact(data, tmp_path):
+    import dagmm
+
+    est = DAGMM(comp_activation=torch.tanh, est_activation="relu", **SMALL).fit(data)
+    est.save(tmp_path / "model")
+    restored = DAGMM().restore(tmp_path / "model")  # restore overwrites the defaults with the saved params
+    assert restored.get_params() == est.get_params() | {"comp_activation": "tanh"}
+    assert np.array_equal(restored.predict(data), est.predict(data))  # bit for bit
+    np.testing.assert_array_equal(restored.x_mean_, est.x_mean_)
+    assert isinstance(dagmm.load_detector(tmp_path / "model"), DAGMM)
+    DAGMM(**SMALL).save(tmp_path / "unfitted")  # an unfitted estimator saves and restores too
+    with pytest.raises(NotFittedError):
+        DAGMM().restore(tmp_path / "unfitted").predict(data)
+    dagmm.save_detector(OutlierAEGMM(n_gmm=2), tmp_path / "other")
+    with pytest.raises(TypeError, match="holds a OutlierAEGMM, not a DAGMM"):
+        DAGMM().restore(tmp_path / "other")

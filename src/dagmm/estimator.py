@@ -298,5 +298,8 @@ class DAGMM(BaseEstimator):
             raise TypeError(f"{fdir} holds a {type(loaded).__name__}, not a DAGMM.")
         self.set_params(**loaded.get_params())
         for key in ("detector_", "x_mean_", "x_std_", "n_features_in_"):
-            setattr(self, key, getattr(loaded, key))
+            if hasattr(loaded, key):
+                setattr(self, key, getattr(loaded, key))
+            elif hasattr(self, key):  # restoring an unfitted estimator unfits this one
+                delattr(self, key)
         return self

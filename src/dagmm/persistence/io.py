@@ -78,7 +78,13 @@ def _encode_attr(det: Any, name: str, value: Any, key: str, tensors: dict, devic
 
 def _constructor_values(det: Any) -> dict:
     if type(det).__name__ == "DAGMM" and hasattr(det, "get_params"):
-        return dict(det.get_params(deep=False))
+        from ..estimator import activation_name
+
+        # Activations may be torch functions (torch.tanh); their canonical names rebuild the same layers.
+        values = dict(det.get_params(deep=False))
+        for key in ("comp_activation", "est_activation"):
+            values[key] = activation_name(values[key], key)
+        return values
     params = inspect.signature(type(det).__init__).parameters
     return {p: getattr(det, p) for p, spec in params.items()
             if p != "self" and spec.kind not in (spec.VAR_POSITIONAL, spec.VAR_KEYWORD) and hasattr(det, p)}
@@ -92,7 +98,10 @@ def _describe(det: Any, prefix: str, tensors: dict) -> dict:
     raw_device = getattr(det, "device", None)
     device = raw_device if isinstance(raw_device, torch.device) else torch.device("cpu")
     modules, attributes, fitted = {}, {}, {}
+    init_values = _constructor_values(det)
     for name, value in vars(det).items():
+        # An attribute that is a constructor argument is saved in the constructor's (canonical) form.
+        value = init_values.get(name, value) if not isinstance(value, nn.Module) else value
         if isinstance(value, nn.Module):
             modules[name] = {"architecture": describe_module(value, name), "training": value.training,
                              "state_prefix": f"{prefix}{name}."}
@@ -103,7 +112,7 @@ def _describe(det: Any, prefix: str, tensors: dict) -> dict:
         else:
             attributes[name] = _encode_attr(det, name, value, f"{prefix}attributes.{name}", tensors, device)
     constructor = {p: _encode_attr(det, p, v, f"{prefix}constructor.{p}", tensors, device)
-                   for p, v in _constructor_values(det).items()}
+                   for p, v in init_values.items()}
     meta = getattr(det, "meta", None)
     threshold = getattr(det, "threshold", None)
     return {
