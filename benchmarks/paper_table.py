@@ -12,7 +12,12 @@ by reconstruction error, scikit-learn's OneClassSVM and IsolationForest.
 Thresholds.  Protocol A (the paper's): the top rho% energies of the test set
 are flagged, rho = the dataset's anomaly ratio.  Protocol C: the top n test
 rows, n = the number of anomalies in the test set, so P = R = F1.  AUROC and
-AUPRC need no threshold.
+AUPRC need no threshold.  Protocol C reuses protocol A's training set (the
+normal rows of a random half are a random half of the normal rows) and tests
+on A's test normals plus every anomaly, so one trained model per seed gives
+both columns.  Every finished task is appended to ``<stem>.runs.jsonl``;
+``--from-log`` rebuilds the table from such logs (of a run stopped early, or
+of runs made on several machines).
 
 Results are merged into ``<out>/paper_table.json`` (entries of the datasets
 and protocols of this run replace older ones, so a run split by
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from typing import Optional
 import json
 import multiprocessing as mp
 import os
@@ -187,25 +193,39 @@ def metrics(scores: np.ndarray, y: np.ndarray, n_flag: int) -> dict:
             "auprc": float(average_precision_score(y, scores))}
 
 
-def run_task(task: dict) -> dict:
-    """One (dataset, protocol, seed, method) cell; runs in a worker process."""
-    name, protocol, seed, method, cfg = task["dataset"], task["protocol"], task["seed"], task["method"], task["cfg"]
+def run_task(task: dict) -> list[dict]:
+    """One (dataset, seed, method) cell, evaluated under every requested protocol; runs in a worker.
+
+    Protocol C shares protocol A's training set: the normal rows of a random half of the data are a
+    random half of the normal rows, which is what C trains on.  C's test set is then A's test normals
+    plus every anomaly (none is ever trained on), so one trained model gives both columns.
+    """
+    from dagmm.datasets import fit_scaler, protocol_indices
+
+    name, seed, method, cfg = task["dataset"], task["seed"], task["method"], task["cfg"]
     t0 = time.perf_counter()
     # only KDDCUP-Rev and the quick subsample depend on the seed: share the cached load across seeds otherwise
     data_seed = seed if name == "kddcup_rev" or task["quick"] else 0
     X, y, ratio = load(name, task["data_home"], data_seed, task["quick"])
     if task.get("validate"):  # protocol A nested in the training half: the test half is never seen
-        from dagmm.datasets import protocol_indices
-
         _, test = protocol_indices(y, "A", seed)
         half = np.setdiff1d(np.arange(len(y)), test)
         X, y = X[half], y[half]
-    X_train, X_test, y_test = split(name, X, y, protocol, seed + (10_000 if task.get("validate") else 0), cfg)
-    scores, extra = run_method(method, cfg, X_train, X_test, seed)
-    n_flag = int(round(ratio * len(y_test))) if protocol == "A" else int(y_test.sum())
-    out = metrics(scores, y_test, n_flag)
-    return {**{k: task[k] for k in ("dataset", "protocol", "seed", "method")}, **out, **extra,
-            "n_train": int(len(X_train)), "n_test": int(len(y_test)), "seconds": time.perf_counter() - t0}
+    train, test_a = protocol_indices(y, "A", seed + (10_000 if task.get("validate") else 0))
+    tests = {"A": test_a, "C": np.union1d(test_a[y[test_a] == 0], np.flatnonzero(y == 1))}
+    rows = np.union1d(test_a, tests["C"]) if "C" in task["protocols"] else test_a
+    transform = fit_scaler(X[train], cfg["scaler"], slice(0, 34) if cfg["scale"] == "continuous" else None)
+    scores, extra = run_method(method, cfg, transform(X[train]), transform(X[rows]), seed)
+    seconds = time.perf_counter() - t0
+    out = []
+    for protocol in task["protocols"]:
+        pick = np.searchsorted(rows, tests[protocol])  # (N_test,) positions of this protocol's rows
+        y_test = y[tests[protocol]]
+        n_flag = int(round(ratio * len(y_test))) if protocol == "A" else int(y_test.sum())
+        out.append({"dataset": name, "protocol": protocol, "seed": seed, "method": method,
+                    **metrics(scores[pick], y_test, n_flag), **extra, "n_train": int(len(train)),
+                    "n_test": int(len(y_test)), "seconds": seconds / len(task["protocols"])})
+    return out
 
 
 def _init_worker() -> None:
@@ -214,19 +234,28 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def execute(tasks: list[dict], jobs: int) -> list[dict]:
-    results = []
+def execute(tasks: list[dict], jobs: int, log: Optional[Path] = None) -> list[dict]:
+    """Run the tasks; each finished task's results are also appended to ``log`` (JSON lines), so a
+    run that is stopped early keeps what it finished (``--from-log`` builds the table from it)."""
+    results: list[dict] = []
+
+    def done(rs: list[dict]) -> None:
+        results.extend(rs)
+        if log is not None:
+            with open(log, "a", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in rs)
+        for r in rs:
+            _progress(len(results), len(tasks) * len(tasks[0]["protocols"]), r)
+
     if jobs == 1:
-        for i, t in enumerate(tasks):
-            results.append(run_task(t))
-            _progress(i + 1, len(tasks), results[-1])
+        for t in tasks:
+            done(run_task(t))
         return results
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker) as pool:
         futures = [pool.submit(run_task, t) for t in tasks]
-        for i, fut in enumerate(as_completed(futures)):
-            results.append(fut.result())
-            _progress(i + 1, len(tasks), results[-1])
+        for fut in as_completed(futures):
+            done(fut.result())
     return results
 
 
@@ -314,6 +343,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 epochs, 1 seed, 2000-row subsamples")
     ap.add_argument("--validate", action="store_true",
                     help="score on a validation split of the training half (for choosing settings)")
+    ap.add_argument("--from-log", nargs="+", default=None, metavar="JSONL",
+                    help="build the table from the per-task logs (<stem>.runs.jsonl) of earlier, possibly "
+                         "stopped, runs instead of running anything")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a setting of every selected dataset, e.g. lambda2=1e-4, scaler=minmax, epochs=50")
     args = ap.parse_args(argv)
@@ -341,20 +373,26 @@ def main(argv=None) -> int:
         if args.quick:
             cfg.update(epochs=QUICK["epochs"], ocsvm_max=QUICK["ocsvm_max"])
         cfgs[name] = cfg
-    tasks = [dict(dataset=n, protocol=p, seed=s, method=m, cfg=cfgs[n], data_home=data_home, quick=args.quick,
-                  validate=args.validate)
-             for n in names for p in protocols for s in range(seeds) for m in methods]
+    tasks = [dict(dataset=n, protocols=protocols, seed=s, method=m, cfg=cfgs[n], data_home=data_home,
+                  quick=args.quick, validate=args.validate)
+             for n in names for s in range(seeds) for m in methods]
     # longest first, so the pool is not left waiting on one long task at the end
     tasks.sort(key=lambda t: -(t["cfg"]["epochs"] * (1 if t["method"] in ("dagmm", "ae") else 0.01)
                                * (50 if t["dataset"].startswith("kdd") else 1)))
-    started = time.perf_counter()
-    results = execute(tasks, args.jobs)
-    total = time.perf_counter() - started
-    table = aggregate(results)
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "paper_table" + ("_quick" if args.quick else "") + ("_validate" if args.validate else "")
+    started = time.perf_counter()
+    if args.from_log:
+        results = [r for f in args.from_log for r in map(json.loads, Path(f).read_text().splitlines())
+                   if r["dataset"] in names and r["protocol"] in protocols and r["method"] in methods]
+        if not results:
+            ap.error("--from-log: no results for the selected datasets, protocols and methods")
+        seeds = len({r["seed"] for r in results})
+    else:
+        results = execute(tasks, args.jobs, out / f"{stem}.runs.jsonl")
+    total = time.perf_counter() - started
+    table = aggregate(results)
     path_json = out / f"{stem}.json"
     doc = json.loads(path_json.read_text()) if path_json.is_file() else {"datasets": {}}
     doc.update(command="python benchmarks/paper_table.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -13,13 +13,13 @@ rows only, so no test statistic leaks into training.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .._validation import check_array
 
-__all__ = ["PROTOCOLS", "SCALERS", "protocol_indices", "protocol_split"]
+__all__ = ["PROTOCOLS", "SCALERS", "fit_scaler", "protocol_indices", "protocol_split"]
 
 PROTOCOLS = ("A", "B", "C")
 SCALERS = ("zscore", "minmax", None)
@@ -103,17 +103,42 @@ def protocol_split(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}.")
     train, test = _split_indices(y, protocol, int(seed))
-    X_train, X_test = X[train], X[test]
-    if scaler is not None:
-        cols = np.arange(X.shape[1]) if scale_columns is None else np.arange(X.shape[1])[scale_columns]
-        part = X_train[:, cols].astype(np.float64)
-        if scaler == "zscore":
-            offset, scale = part.mean(0), part.std(0)
-        else:
-            offset, scale = part.min(0), part.max(0) - part.min(0)
-        scale[scale == 0] = 1.0
-        X_train = X_train.copy()
-        X_train[:, cols] = (part - offset) / scale
-        X_test[:, cols] = (X_test[:, cols] - offset) / scale
-    return (np.ascontiguousarray(X_train, dtype=np.float32), np.ascontiguousarray(X_test, dtype=np.float32),
-            y[test])
+    transform = fit_scaler(X[train], scaler, scale_columns)
+    return transform(X[train]), transform(X[test]), y[test]
+
+
+def fit_scaler(X_train: Any, scaler: Optional[str] = "zscore",
+               scale_columns: Any = None) -> Callable[[np.ndarray], np.ndarray]:
+    """The scaling of :func:`protocol_split`, fitted on ``X_train``, as a function.
+
+    Parameters
+    ----------
+    X_train : array-like, shape (N_train, F)
+    scaler : {'zscore', 'minmax', None}, default 'zscore'
+    scale_columns : int array or bool mask, optional
+        Columns to scale (default all).
+
+    Returns
+    -------
+    callable
+        ``transform(X) -> float32 ndarray`` of the shape of ``X``.
+    """
+    if scaler not in SCALERS:
+        raise ValueError(f"scaler must be 'zscore', 'minmax' or None, got {scaler!r}.")
+    X_train = np.asarray(X_train)
+    cols = np.arange(X_train.shape[1]) if scale_columns is None else np.arange(X_train.shape[1])[scale_columns]
+    part = X_train[:, cols].astype(np.float64)
+    if scaler == "zscore":
+        offset, scale = part.mean(0), part.std(0)
+    elif scaler == "minmax":
+        offset, scale = part.min(0), part.max(0) - part.min(0)
+    else:
+        offset, scale = np.zeros(len(cols)), np.ones(len(cols))
+    scale[scale == 0] = 1.0
+
+    def transform(X: np.ndarray) -> np.ndarray:
+        out = np.array(X, dtype=np.float64)
+        out[:, cols] = (out[:, cols] - offset) / scale
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    return transform
