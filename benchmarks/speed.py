@@ -212,7 +212,7 @@ def bench_detector(name: str, od, net_of, X_train, score_sets, device, args, bat
 
 def load_data(args) -> tuple[np.ndarray, np.ndarray, str]:
     if args.synthetic:
-        n_train, n_test = (4096, 8192) if args.quick else (KDD_TRAIN_ROWS, KDD_TEST_ROWS)
+        n_train, n_test = (2048, 4096) if args.quick else (KDD_TRAIN_ROWS, KDD_TEST_ROWS)
         rng = np.random.default_rng(0)
         return (rng.standard_normal((n_train, KDD_WIDTH), dtype=np.float32),
                 rng.standard_normal((n_test, KDD_WIDTH), dtype=np.float32), "synthetic N(0,1), KDDCUP shapes")
@@ -221,13 +221,13 @@ def load_data(args) -> tuple[np.ndarray, np.ndarray, str]:
     X, y = load_kddcup99(data_home=args.data_home)
     X_train, X_test, _ = protocol_split(X, y, "A", seed=0)
     if args.quick:
-        X_train, X_test = X_train[:4096], X_test[:8192]
+        X_train, X_test = X_train[:2048], X_test[:4096]
     return X_train, X_test, "KDDCUP99 10%, protocol A (seed 0), z-scored on train"
 
 
 def run_device(device: torch.device, X_train, X_test, args) -> list[dict]:
     dev = str(device)
-    big_rows = 50_000 if args.quick else args.big_rows
+    big_rows = 20_000 if args.quick else args.big_rows
     rng = np.random.default_rng(1)
     big = rng.standard_normal((big_rows, X_train.shape[1]), dtype=np.float32)
     out = [bench_detector("OutlierAEGMM KDDCUP net", OutlierAEGMM(device=dev), lambda od: od.aegmm, X_train,
@@ -235,7 +235,7 @@ def run_device(device: torch.device, X_train, X_test, args) -> list[dict]:
     del big
     out.append(bench_detector("OutlierAE tabular MLP", OutlierAE(device=dev), lambda od: od.ae, X_train,
                               [("test split", X_test)], device, args, 1024, args.score_batch))
-    n_img = (512, 512) if args.quick else (10_000, 10_000)
+    n_img = (256, 256) if args.quick else (10_000, 10_000)
     imgs = rng.random((sum(n_img), 32, 32, 3), dtype=np.float32)
     out.append(bench_detector("OutlierAE conv 32x32x3", OutlierAE(device=dev), lambda od: od.ae, imgs[:n_img[0]],
                               [("random images", imgs[n_img[0]:])], device, args, 256, 1024))

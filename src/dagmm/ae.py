@@ -18,6 +18,8 @@ from .training import OptimizerArg, resolve_optimizer, train
 __all__ = ["OutlierAE"]
 
 _OUTLIER_TYPES = ("instance", "feature")
+#: Bytes of float64 feature scores handled at once by ``instance_score``.
+_SCORE_BLOCK_BYTES = 32 << 20
 
 
 def _check_outlier_perc(outlier_perc: Any) -> float:
@@ -213,7 +215,7 @@ class OutlierAE(BaseDetector):
         out = np.empty(n_rows, dtype=np.float64)
         # Row blocks of about 32 MB in float64: the same per-row arithmetic as
         # on the whole array, with memory bounded by the block, not by N.
-        block = max(1, (32 << 20) // (8 * n_feat))
+        block = max(1, _SCORE_BLOCK_BYTES // (8 * n_feat))
         for start in range(0, n_rows, block):
             rows = flat[start:start + block].astype(np.float64)  # (B, F)
             if k < n_feat:

@@ -12,6 +12,7 @@ factor of each covariance, a triangular solve for the precision factor, and a
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Union
 
@@ -73,6 +74,21 @@ class GMMStats(NamedTuple):
     shift: torch.Tensor
 
 
+@functools.lru_cache(maxsize=32)
+def _outer_index(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column indices (i, j) of the row-major D x D outer product, each (D*D,)."""
+    with torch.inference_mode(False):  # cached: must be usable by autograd later
+        idx = torch.arange(d, device=device)
+        return idx.repeat_interleave(d), idx.repeat(d)
+
+
+@functools.lru_cache(maxsize=32)
+def _block_sum(k: int, d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(K*D, K) 0/1 matrix summing each block of D columns."""
+    with torch.inference_mode(False):  # cached: must be usable by autograd later
+        return torch.eye(k, dtype=dtype, device=device).repeat_interleave(d, 0)
+
+
 def _weighted_moments(zc: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """``gamma^T [1, zc, zc (x) zc]``: every membership-weighted moment in one product.
 
@@ -82,8 +98,10 @@ def _weighted_moments(zc: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     replaces the (N, K, D) intermediates of the textbook formula; its
     backward is one product as well.
     """
-    n, d = zc.shape
-    outer = (zc[:, :, None] * zc[:, None, :]).reshape(n, d * d)  # (N, D*D)
+    rows, cols = _outer_index(zc.shape[1], zc.device)
+    # column d*D + e is zc_d * zc_e; two gathers are cheaper than a broadcast
+    # product, whose backward reduces over tiny axes
+    outer = zc.index_select(1, rows) * zc.index_select(1, cols)  # (N, D*D)
     feats = torch.cat([torch.ones_like(zc[:, :1]), zc, outer], dim=1)  # (N, 1 + D + D*D)
     return gamma.T @ feats  # (K, 1 + D + D*D)
 
@@ -249,14 +267,16 @@ def gmm_log_prob(
     (N, K) float64 tensor of weighted log-densities.
     """
     z = z.to(prec_chol.dtype)
-    n, d = z.shape
+    d = z.shape[1]
     k = prec_chol.shape[0]
     # (z - mu_k) P_k == z P_k - mu_k P_k, and the P_k side by side form one
     # (D, K*D) matrix: a single product serves every component.
     p_all = prec_chol.transpose(0, 1).reshape(d, k * d)  # (D, K*D)
     mu_p = (mu[:, None, :] @ prec_chol).reshape(k * d)  # (K*D,)
     y = z @ p_all - mu_p  # (N, K*D)
-    maha = y.square().reshape(n, k, d).sum(-1)  # (N, K)
+    # per-component sums of squares as a product with a 0/1 block matrix:
+    # faster than a reduction over an axis of length D
+    maha = y.square() @ _block_sum(k, d, y.dtype, y.device)  # (N, K)
     log_det_prec = torch.log(torch.diagonal(prec_chol, dim1=-2, dim2=-1)).sum(-1)  # (K,)
     log_phi = torch.log(phi.clamp_min(torch.finfo(phi.dtype).tiny))
     const = log_phi + log_det_prec - 0.5 * d * _LOG_2PI  # (K,)
