@@ -191,6 +191,7 @@ def time_score(score, X: np.ndarray, device: torch.device, repeats: int) -> dict
 def bench_detector(name: str, od, net_of, X_train, score_sets, device, args, batch_size: int,
                    score_batch: int) -> dict:
     """Train, then score each (label, X) of ``score_sets``; all against the limit of the same run."""
+    print(f"[{device}] {name}: training {args.epochs} epochs on {len(X_train):,} rows", file=sys.stderr, flush=True)
     train = time_fit(od, X_train, args.epochs, batch_size)
     net = net_of(od)
     probe = torch.from_numpy(X_train[:batch_size]).to(device)

@@ -235,7 +235,11 @@ class OutlierAE(BaseDetector):
         self.ae.eval()
 
         def sq_err(xb: torch.Tensor, out: torch.Tensor) -> None:
-            torch.sub(xb, self.ae(xb), out=out).square_()
+            recon = self.ae(xb)
+            if recon.dtype == out.dtype:
+                torch.sub(xb, recon, out=out).square_()  # no temporaries
+            else:
+                out.copy_((xb - recon).square())
 
         # as large as X, so it is gathered on the host batch by batch
         fscore = self._batched_into(sq_err, X, batch_size, X.shape[1:], torch.float32, on_device=False)

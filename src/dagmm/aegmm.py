@@ -292,7 +292,8 @@ class OutlierAEGMM(BaseDetector):
         phi, mu, prec = self.phi_, self.mu_, self.prec_chol_
         model = self.aegmm
         # The energy needs z only: skip the estimation network when we can.
-        latent = model.encode if isinstance(model, AEGMMNet) else (lambda xb: model(xb)[:2])
+        plain = isinstance(model, AEGMMNet) and type(model).forward is AEGMMNet.forward
+        latent = model.encode if plain else (lambda xb: model(xb)[:2])
 
         def energy(xb: torch.Tensor, out: torch.Tensor) -> None:
             out.copy_(sample_energy(latent(xb)[1], phi, mu, prec))
