@@ -290,12 +290,15 @@ class OutlierAEGMM(BaseDetector):
         X = self._checked(X)
         self.aegmm.eval()
         phi, mu, prec = self.phi_, self.mu_, self.prec_chol_
+        model = self.aegmm
+        # The energy needs z only: skip the estimation network when we can.
+        plain = isinstance(model, AEGMMNet) and type(model).forward is AEGMMNet.forward
+        latent = model.encode if plain else (lambda xb: model(xb)[:2])
 
-        def energy(xb: torch.Tensor) -> np.ndarray:
-            _, z, _ = self.aegmm(xb)
-            return sample_energy(z, phi, mu, prec).cpu().numpy()
+        def energy(xb: torch.Tensor, out: torch.Tensor) -> None:
+            out.copy_(sample_energy(latent(xb)[1], phi, mu, prec))
 
-        out = np.concatenate(list(self._batched(energy, X, batch_size)))
+        out = self._batched_into(energy, X, batch_size, (), torch.float64)
         bad = ~np.isfinite(out)
         if bad.any():
             rows = np.flatnonzero(bad)[:10].tolist()

@@ -103,6 +103,40 @@ class BaseDetector:
                 xb = torch.from_numpy(X[start:start + batch_size]).to(self.device, non_blocking=True)
                 yield fn(xb)
 
+    def _batched_into(self, fn: Callable[[torch.Tensor, torch.Tensor], None], X: np.ndarray, batch_size: int,
+                      row_shape: tuple, dtype: torch.dtype, on_device: bool = True) -> np.ndarray:
+        """Fill one preallocated (N, *row_shape) result batch by batch, in inference mode.
+
+        ``fn(xb, out)`` writes the result for the rows ``xb`` into ``out``.
+        With ``on_device=True`` the result lives on the detector's device
+        and crosses to the host in one transfer at the end (on CPU it is the
+        returned array itself: no copy at all); use it for small per-row
+        results such as scores.  With ``on_device=False`` each batch is
+        copied into the host array, so device memory stays bounded by
+        ``batch_size`` even for results as large as X.
+        """
+        batch_size = check_positive_int(batch_size, "batch_size")
+        n = X.shape[0]
+        np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        host = np.empty((n, *row_shape), dtype=np_dtype)
+        host_t = torch.from_numpy(host)
+        buf = host_t if (on_device is False or self.device.type == "cpu") else torch.empty(
+            (n, *row_shape), dtype=dtype, device=self.device)
+        staged = buf is host_t and self.device.type != "cpu"
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                stop = min(n, start + batch_size)
+                xb = torch.from_numpy(X[start:stop]).to(self.device, non_blocking=True)
+                if staged:
+                    out = torch.empty((stop - start, *row_shape), dtype=dtype, device=self.device)
+                    fn(xb, out)
+                    buf[start:stop].copy_(out)
+                else:
+                    fn(xb, buf[start:stop])
+            if buf is not host_t:
+                host_t.copy_(buf)  # the one device-to-host transfer
+        return host
+
     @staticmethod
     def _percentile(scores: np.ndarray, threshold_perc: float) -> float:
         return float(np.percentile(scores, threshold_perc))

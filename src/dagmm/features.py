@@ -37,5 +37,15 @@ def cosine_similarity(x: torch.Tensor, x_recon: torch.Tensor, eps: float = RECON
 
 
 def default_recon_features(x: torch.Tensor, x_recon: torch.Tensor) -> torch.Tensor:
-    """The paper's two reconstruction features, shape (N, 2): relative distance, cosine."""
-    return torch.stack([relative_euclidean(x, x_recon), cosine_similarity(x, x_recon)], dim=1)
+    """The paper's two reconstruction features, shape (N, 2): relative distance, cosine.
+
+    Same values as :func:`relative_euclidean` and :func:`cosine_similarity`;
+    ``||x||`` is computed once for both (this runs in every training step).
+    """
+    x = x.flatten(1)  # (N, F)
+    x_recon = x_recon.flatten(1)  # (N, F)
+    x_norm = torch.linalg.vector_norm(x, dim=1)
+    rel = torch.linalg.vector_norm(x - x_recon, dim=1) / x_norm.clamp_min(RECON_EPS)
+    norms = x_norm * torch.linalg.vector_norm(x_recon, dim=1)
+    cos = torch.linalg.vecdot(x, x_recon) / norms.clamp_min(RECON_EPS)
+    return torch.stack([rel, cos], dim=1)

@@ -12,8 +12,9 @@ factor of each covariance, a triangular solve for the precision factor, and a
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 import torch
 
@@ -73,8 +74,58 @@ class GMMStats(NamedTuple):
     shift: torch.Tensor
 
 
+@functools.lru_cache(maxsize=32)
+def _outer_index(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column indices (i, j) of the row-major D x D outer product, each (D*D,)."""
+    with torch.inference_mode(False):  # cached: must be usable by autograd later
+        idx = torch.arange(d, device=device)
+        return idx.repeat_interleave(d), idx.repeat(d)
+
+
+@functools.lru_cache(maxsize=32)
+def _block_sum(k: int, d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(K*D, K) 0/1 matrix summing each block of D columns."""
+    with torch.inference_mode(False):  # cached: must be usable by autograd later
+        return torch.eye(k, dtype=dtype, device=device).repeat_interleave(d, 0)
+
+
+def _weighted_moments(zc: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``gamma^T [1, zc, zc (x) zc]``: every membership-weighted moment in one product.
+
+    Returns (K, 1 + D + D*D): column 0 is ``sum_n gamma_nk``, the next ``D``
+    are ``sum_n gamma_nk zc_n`` and the last ``D*D`` are ``sum_n gamma_nk
+    zc_n zc_n^T`` (row-major).  One (K, N) x (N, 1 + D + D*D) matrix product
+    replaces the (N, K, D) intermediates of the textbook formula; its
+    backward is one product as well.
+    """
+    rows, cols = _outer_index(zc.shape[1], zc.device)
+    # column d*D + e is zc_d * zc_e; two gathers are cheaper than a broadcast
+    # product, whose backward reduces over tiny axes
+    outer = zc.index_select(1, rows) * zc.index_select(1, cols)  # (N, D*D)
+    feats = torch.cat([torch.ones_like(zc[:, :1]), zc, outer], dim=1)  # (N, 1 + D + D*D)
+    return gamma.T @ feats  # (K, 1 + D + D*D)
+
+
+def _params_from_moments(moments: torch.Tensor, n: Union[float, torch.Tensor], shift: torch.Tensor) -> GMMParams:
+    """phi, mu, cov from the (K, 1 + D + D*D) moments taken about ``shift``."""
+    d = shift.shape[0]
+    sum_gamma = moments[:, 0]  # (K,)
+    # A component that received no mass would divide by zero; the tiny floor
+    # keeps its (irrelevant) mean finite.
+    scaled = moments[:, 1:] / sum_gamma.clamp_min(torch.finfo(torch.float64).tiny)[:, None]  # (K, D + D*D)
+    mean_c = scaled[:, :d]  # (K, D), about the shift
+    cov = scaled[:, d:].reshape(-1, d, d) - mean_c[:, :, None] * mean_c[:, None, :]  # (K, D, D)
+    cov = 0.5 * (cov + cov.transpose(1, 2))  # exact symmetry for Cholesky
+    return GMMParams(sum_gamma / n, mean_c + shift, cov)
+
+
 def batch_gmm_params(z: torch.Tensor, gamma: torch.Tensor) -> GMMParams:
     """Differentiable mixture parameters of one batch (the paper's eq. 5).
+
+    The moments are taken about the batch mean (a constant for the gradient:
+    the covariance does not depend on it), so the second moment loses no
+    precision to cancellation, and all of them come from one matrix product
+    (see :func:`gmm_stats`, which this shares its formula with).
 
     Parameters
     ----------
@@ -89,18 +140,9 @@ def batch_gmm_params(z: torch.Tensor, gamma: torch.Tensor) -> GMMParams:
         float64 ``phi`` (K,), ``mu`` (K, D) and ``cov`` (K, D, D).
     """
     z = z.double()
-    gamma = gamma.double()
-    n = z.shape[0]
-    sum_gamma = gamma.sum(0)  # (K,)
-    # A component that received no mass in this batch would divide by zero;
-    # the tiny floor keeps its (irrelevant) mean finite.
-    denom = sum_gamma.clamp_min(torch.finfo(torch.float64).tiny)
-    phi = sum_gamma / n
-    mu = (gamma.T @ z) / denom[:, None]  # (K, D)
-    diff = z[:, None, :] - mu[None, :, :]  # (N, K, D)
-    weighted = diff * gamma[:, :, None]  # (N, K, D)
-    cov = torch.einsum("nkd,nke->kde", weighted, diff) / denom[:, None, None]  # (K, D, D)
-    return GMMParams(phi, mu, cov)
+    shift = z.detach().mean(0)  # (D,)
+    moments = _weighted_moments(z - shift, gamma.double())
+    return _params_from_moments(moments, float(z.shape[0]), shift)
 
 
 def gmm_stats(z: torch.Tensor, gamma: torch.Tensor, shift: torch.Tensor) -> GMMStats:
@@ -114,14 +156,13 @@ def gmm_stats(z: torch.Tensor, gamma: torch.Tensor, shift: torch.Tensor) -> GMMS
         Reference point; use the same one for every batch that is summed.
     """
     shift = shift.double()
-    zc = z.double() - shift  # (N, D)
-    gamma = gamma.double()
-    sum_gamma_zz = torch.einsum("nk,nd,ne->kde", gamma, zc, zc)  # (K, D, D)
+    d = shift.shape[0]
+    moments = _weighted_moments(z.double() - shift, gamma.double())  # (K, 1 + D + D*D)
     return GMMStats(
         n=torch.tensor(float(z.shape[0]), dtype=torch.float64, device=z.device),
-        sum_gamma=gamma.sum(0),
-        sum_gamma_z=gamma.T @ zc,
-        sum_gamma_zz=sum_gamma_zz,
+        sum_gamma=moments[:, 0],
+        sum_gamma_z=moments[:, 1:1 + d],
+        sum_gamma_zz=moments[:, 1 + d:].reshape(-1, d, d),
         shift=shift,
     )
 
@@ -145,13 +186,9 @@ def gmm_params_from_stats(stats: GMMStats) -> GMMParams:
     Gives the same ``phi``, ``mu`` and ``cov`` as :func:`batch_gmm_params` on
     the concatenation of all batches, up to float64 rounding.
     """
-    denom = stats.sum_gamma.clamp_min(torch.finfo(torch.float64).tiny)
-    phi = stats.sum_gamma / stats.n
-    mean_c = stats.sum_gamma_z / denom[:, None]  # (K, D), about the shift
-    second = stats.sum_gamma_zz / denom[:, None, None]  # (K, D, D)
-    cov = second - mean_c[:, :, None] * mean_c[:, None, :]
-    cov = 0.5 * (cov + cov.transpose(1, 2))  # exact symmetry for Cholesky
-    return GMMParams(phi, mean_c + stats.shift, cov)
+    k, d = stats.sum_gamma_z.shape
+    moments = torch.cat([stats.sum_gamma[:, None], stats.sum_gamma_z, stats.sum_gamma_zz.reshape(k, d * d)], 1)
+    return _params_from_moments(moments, stats.n, stats.shift)
 
 
 def cholesky_with_jitter(
@@ -231,14 +268,19 @@ def gmm_log_prob(
     """
     z = z.to(prec_chol.dtype)
     d = z.shape[1]
-    # (z - mu) P == z P - mu P: one matrix product for all components.
-    y = torch.einsum("nd,kde->nke", z, prec_chol) - torch.einsum(
-        "kd,kde->ke", mu, prec_chol
-    )  # (N, K, D)
-    maha = (y * y).sum(-1)  # (N, K)
+    k = prec_chol.shape[0]
+    # (z - mu_k) P_k == z P_k - mu_k P_k, and the P_k side by side form one
+    # (D, K*D) matrix: a single product serves every component.
+    p_all = prec_chol.transpose(0, 1).reshape(d, k * d)  # (D, K*D)
+    mu_p = (mu[:, None, :] @ prec_chol).reshape(k * d)  # (K*D,)
+    y = z @ p_all - mu_p  # (N, K*D)
+    # per-component sums of squares as a product with a 0/1 block matrix:
+    # faster than a reduction over an axis of length D
+    maha = y.square() @ _block_sum(k, d, y.dtype, y.device)  # (N, K)
     log_det_prec = torch.log(torch.diagonal(prec_chol, dim1=-2, dim2=-1)).sum(-1)  # (K,)
     log_phi = torch.log(phi.clamp_min(torch.finfo(phi.dtype).tiny))
-    return log_phi + log_det_prec - 0.5 * (d * _LOG_2PI + maha)
+    const = log_phi + log_det_prec - 0.5 * d * _LOG_2PI  # (K,)
+    return const - 0.5 * maha
 
 
 def sample_energy(

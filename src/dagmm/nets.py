@@ -75,12 +75,16 @@ class AEGMMNet(nn.Module):
         self.gmm_density = gmm_density_net
         self.recon_features = recon_features
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_recon, z)`` without the estimation network (all that scoring needs)."""
         latent = self.encoder(x)
         x_recon = self.decoder(latent)
         z = torch.cat([latent.flatten(1), self.recon_features(x, x_recon)], dim=1)  # (N, L + R)
-        gamma = self.gmm_density(z)
-        return x_recon, z, gamma
+        return x_recon, z
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x_recon, z = self.encode(x)
+        return x_recon, z, self.gmm_density(z)
 
 
 class AENet(nn.Module):

@@ -1,0 +1,104 @@
+"""The fast paths give the same results as the plain formulas, and the speed benchmark runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dagmm.ae
+from dagmm import OutlierAE, OutlierAEGMM
+from dagmm._validation import check_array
+from dagmm.gmm import sample_energy
+from dagmm.training import default_adam
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+
+
+def test_finiteness_screen_keeps_large_finite_rows_and_names_bad_ones():
+    X = np.ones((6, 4), dtype=np.float32)
+    X[1] = 3e38  # finite, but the row sum overflows float32
+    assert check_array(X) is not None
+    X[3, 0], X[5, 2] = np.nan, -np.inf
+    with pytest.raises(ValueError, match=r"NaN or infinite values .* in 2 row\(s\): 3, 5\. Impute or drop"):
+        check_array(X)
+
+
+def test_aegmm_score_equals_energy_of_full_forward_for_any_batch_size(tabular):
+    X_train, X_test, _ = tabular
+    od = OutlierAEGMM(n_gmm=2).fit(X_train[:400], epochs=2, batch_size=100, verbose=False, seed=0)
+    with torch.no_grad():
+        _, z, _ = od.aegmm.eval()(torch.from_numpy(X_test))  # forward with the estimation net
+    ref = sample_energy(z, od.phi_, od.mu_, od.prec_chol_).numpy()
+    whole = od.score(X_test, batch_size=10**6)  # one batch: the very same float32 network outputs
+    assert whole.dtype == np.float64 and whole.shape == (len(X_test),)
+    np.testing.assert_allclose(whole, ref, rtol=1e-12)
+    for bs in (7, 1000):  # other batch shapes round the float32 matrix products differently
+        np.testing.assert_allclose(od.score(X_test, batch_size=bs), ref, rtol=1e-3)
+
+
+def test_ae_scores_match_plain_numpy_in_blocks(tabular, monkeypatch):
+    X_train, X_test, _ = tabular
+    od = OutlierAE().fit(X_train[:300], epochs=1, verbose=False, seed=0)
+    recon = od.reconstruct(X_test, batch_size=33)
+    with torch.no_grad():
+        np.testing.assert_array_equal(recon, od.ae.eval()(torch.from_numpy(X_test)).numpy())
+    monkeypatch.setattr(dagmm.ae, "_SCORE_BLOCK_BYTES", 8 * X_test.shape[1] * 5)  # 5 rows per block
+    fs, iscore = od.score(X_test, outlier_perc=30, batch_size=64)
+    np.testing.assert_array_equal(fs, np.square(X_test - recon))
+    k = int(np.ceil(0.3 * X_test.shape[1]))
+    want = np.sort(fs.astype(np.float64), axis=1)[:, -k:].mean(1)
+    np.testing.assert_allclose(iscore, want, rtol=1e-12)
+
+
+def test_default_adam_takes_the_same_steps_as_reference_adam():
+    torch.manual_seed(0)
+    w0 = [torch.randn(5, 3), torch.randn(3)]
+    a = [torch.nn.Parameter(w.clone()) for w in w0]
+    b = [torch.nn.Parameter(w.clone()) for w in w0]
+    opt_a, opt_b = default_adam(a, 1e-2), torch.optim.Adam(b, lr=1e-2, foreach=False)
+    for step in range(4):
+        grads = [torch.randn_like(w) for w in w0]
+        for p, q, g in zip(a, b, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_b.step()
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-7)
+    assert not torch.equal(a[0].detach(), w0[0])
+
+
+def test_speed_benchmark_quick_run_writes_json_and_table(tmp_path):
+    spec = importlib.util.spec_from_file_location("speed_bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "speed.json"
+    assert bench.main(["--synthetic", "--quick", "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["meta"]["quick"] is True and res["meta"]["data"].startswith("synthetic")
+    names = [r["name"] for r in res["results"]]
+    assert names == ["OutlierAEGMM KDDCUP net", "OutlierAE tabular MLP", "OutlierAE conv 32x32x3"]
+    aegmm = res["results"][0]
+    layers = aegmm["train"]["limit"]["layers"]
+    # encoder 4 + decoder 4 + estimation net 2 Linear layers; no input gradient for the data
+    assert [(l["in"][-1], l["out"][-1]) for l in layers][:5] == [(120, 60), (60, 30), (30, 10), (10, 1), (1, 10)]
+    assert len(layers) == 10 and set(layers[0]["seconds"]) == {"forward", "grad_weight"}
+    assert set(layers[1]["seconds"]) == {"forward", "grad_weight", "grad_input"}
+    conv_layers = res["results"][2]["train"]["limit"]["layers"]
+    assert {"Conv2d", "ConvTranspose2d", "Linear"} <= {l["layer"] for l in conv_layers}
+    for r in res["results"]:
+        t = r["train"]
+        assert len(t["epoch_s"]) == res["meta"]["epochs"]
+        for key in ("s_per_epoch", "rows_per_s", "limit_s_per_epoch", "fraction_of_limit"):
+            assert t[key] > 0, (r["name"], key)
+        assert t["rows_per_s"] == pytest.approx(t["rows"] / t["s_per_epoch"])
+        for s in r["score"]:
+            assert s["rows"] > 0 and s["seconds"] > 0 and s["fraction_of_limit"] > 0
+            assert s["output_mb"] > 0 and "peak_mem_above_input_mb" in s
+    assert [s["rows"] for s in aegmm["score"]][1] == 20_000
+    md = out.with_suffix(".md").read_text()
+    assert "| device | detector | phase |" in md and "OutlierAE conv 32x32x3" in md
