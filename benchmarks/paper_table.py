@@ -65,6 +65,9 @@ PAPER = {
     "arrhythmia": {"dagmm": (0.4909, 0.5078, 0.4983), "ocsvm": (None, None, 0.4581)},
     "kddcup_rev": {"dagmm": (None, None, 0.9380)},
 }
+#: Rough relative cost of one training run at the configured epochs (for scheduling, longest first).
+TASK_COST = {"kddcup": 10.0, "kddcup_rev": 5.0, "thyroid": 3.0, "arrhythmia": 1.5}
+METHOD_COST = {"dagmm": 1.0, "ae": 0.7, "ocsvm": 0.1, "untrained": 0.05, "iforest": 0.05}
 OCSVM_MAX_TRAIN = 10_000  # OneClassSVM is O(n^2) in memory and time: fit on a seeded subsample
 QUICK = dict(epochs=2, rows=2000, ocsvm_max=500)
 
@@ -346,6 +349,9 @@ def main(argv=None) -> int:
     ap.add_argument("--from-log", nargs="+", default=None, metavar="JSONL",
                     help="build the table from the per-task logs (<stem>.runs.jsonl) of earlier, possibly "
                          "stopped, runs instead of running anything")
+    ap.add_argument("--resume", action="store_true",
+                    help="skip the (dataset, seed, method) tasks already in <out>/<stem>.runs.jsonl and use "
+                         "their logged results")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a setting of every selected dataset, e.g. lambda2=1e-4, scaler=minmax, epochs=50")
     args = ap.parse_args(argv)
@@ -377,8 +383,8 @@ def main(argv=None) -> int:
                   quick=args.quick, validate=args.validate)
              for n in names for s in range(seeds) for m in methods]
     # longest first, so the pool is not left waiting on one long task at the end
-    tasks.sort(key=lambda t: -(t["cfg"]["epochs"] * (1 if t["method"] in ("dagmm", "ae") else 0.01)
-                               * (50 if t["dataset"].startswith("kdd") else 1)))
+    tasks.sort(key=lambda t: -TASK_COST[t["dataset"]] * METHOD_COST[t["method"]] * t["cfg"]["epochs"]
+               / CONFIGS[t["dataset"]]["epochs"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "paper_table" + ("_quick" if args.quick else "") + ("_validate" if args.validate else "")
@@ -390,7 +396,17 @@ def main(argv=None) -> int:
             ap.error("--from-log: no results for the selected datasets, protocols and methods")
         seeds = len({r["seed"] for r in results})
     else:
-        results = execute(tasks, args.jobs, out / f"{stem}.runs.jsonl")
+        log = out / f"{stem}.runs.jsonl"
+        previous = []
+        if args.resume and log.is_file():
+            previous = [r for r in map(json.loads, log.read_text().splitlines())
+                        if r["dataset"] in names and r["protocol"] in protocols and r["method"] in methods]
+            done = {(r["dataset"], r["seed"], r["method"]) for r in previous}
+            tasks = [t for t in tasks if (t["dataset"], t["seed"], t["method"]) not in done]
+            print(f"resuming: {len(done)} task(s) already in {log}, {len(tasks)} to run", file=sys.stderr)
+        elif log.is_file():
+            log.unlink()
+        results = previous + (execute(tasks, args.jobs, log) if tasks else [])
     total = time.perf_counter() - started
     table = aggregate(results)
     path_json = out / f"{stem}.json"
