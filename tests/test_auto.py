@@ -59,11 +59,11 @@ def raw_task():
 
 # ------------------------------------------------------------------ rules
 @pytest.mark.parametrize("n_rows, shape, enc, k, batch, steps, val", [
-    (10000, (50,), [50, 64, 32, 4], 4, 256, 2160, 1000),
-    (200, (5,), [5, 32, 16, 2], 1, 32, 1500, 20),
-    (50000, (200,), [200, 128, 64, 4], 4, 256, 4000, 2000),
-    (2000, (10,), [10, 32, 16, 3], 2, 64, 1740, 200),
-    (80, (3,), [3, 32, 16, 2], 1, 32, 1500, 0),
+    (10000, (50,), [50, 64, 32, 4], 4, 256, 1440, 1000),
+    (200, (5,), [5, 32, 16, 2], 1, 32, 1000, 20),
+    (50000, (200,), [200, 128, 64, 4], 4, 256, 3000, 2000),
+    (2000, (10,), [10, 32, 16, 3], 2, 64, 1160, 200),
+    (80, (3,), [3, 32, 16, 2], 1, 32, 1000, 0),
 ])
 def test_aegmm_rules(n_rows, shape, enc, k, batch, steps, val):
     c = aegmm_config(n_rows, shape)
@@ -71,7 +71,7 @@ def test_aegmm_rules(n_rows, shape, enc, k, batch, steps, val):
     assert c["n_gmm"] == k and c["batch_size"] == batch and c["max_steps"] == steps and c["val_rows"] == val
     assert c["density"][0] == enc[-1] + 2
     f = math.prod(shape)
-    assert c["w_energy"] == pytest.approx(0.01 * f) and c["w_cov_diag"] == pytest.approx(0.0005 * f)
+    assert c["w_energy"] == pytest.approx(0.001 * f) and c["w_cov_diag"] == pytest.approx(0.00005 * f)
     assert c["lr"] == 1e-3 and c["patience_steps"] == steps // 4
     json.dumps(c)
 
@@ -82,7 +82,7 @@ def test_ae_rules_and_rows():
     assert ae_config(500, (274,))["encoder"] == [274, 128, 64, 16]
     assert [n_components(n) for n in (100, 299, 300, 2999, 3000, 10 ** 6)] == [1, 1, 2, 2, 4, 4]
     s = schedule(1000)
-    assert s["val_rows"] == 100 and s["batch_size"] == 32 and s["max_steps"] == 1740  # 60 epochs of 29 steps
+    assert s["val_rows"] == 100 and s["batch_size"] == 32 and s["max_steps"] == 1160  # 40 epochs of 29 steps
 
 
 def test_resolve_schedule_honours_user_values():

@@ -11,7 +11,7 @@ from torch import nn
 
 from ._validation import check_array, check_percent, check_positive_int
 from .base import DEFAULT_SCORE_BATCH, BaseDetector, seeded
-from .features import default_recon_features
+from .features import default_recon_features, log_mse_cosine
 from .gmm import (
     GMMParams,
     add_stats,
@@ -77,8 +77,12 @@ class OutlierAEGMM(BaseDetector):
         (:func:`dagmm.auto.n_components`) for ``architecture='auto'`` and 4 for
         ``'paper'``; with user nets it is read from ``gmm_density_net`` and,
         if given, checked.
-    recon_features : callable, default :func:`dagmm.features.default_recon_features`
+    recon_features : callable, optional
         ``f(x, x_recon) -> (N, R)`` tensor of reconstruction features.
+        Default: the paper's relative Euclidean distance and cosine
+        (:func:`dagmm.features.default_recon_features`) with user nets and
+        ``architecture='paper'``; :func:`dagmm.features.log_mse_cosine` (log
+        of the mean squared error per feature, cosine) for ``architecture='auto'``.
     data_type : str, optional
         Recorded in ``meta`` only ('tabular', 'image', 'time-series', ...).
     device : str or torch.device, optional
@@ -120,7 +124,7 @@ class OutlierAEGMM(BaseDetector):
         decoder_net: Optional[nn.Module] = None,
         gmm_density_net: Optional[nn.Module] = None,
         n_gmm: Optional[int] = None,
-        recon_features: ReconFeatures = default_recon_features,
+        recon_features: Optional[ReconFeatures] = None,
         data_type: Optional[str] = None,
         device: Union[None, str, torch.device] = None,
         cov_eps: float = 1e-6,
@@ -146,7 +150,7 @@ class OutlierAEGMM(BaseDetector):
                 raise TypeError(f"{k} must be a torch.nn.Module, got {type(v).__name__}.")
         if n_gmm is not None:
             n_gmm = check_positive_int(n_gmm, "n_gmm")
-        if not callable(recon_features):
+        if recon_features is not None and not callable(recon_features):
             raise TypeError(f"recon_features must be callable, got {type(recon_features).__name__}.")
         if not (isinstance(cov_eps, (int, float)) and cov_eps > 0):
             raise ValueError(f"cov_eps must be a positive float, got {cov_eps!r}.")
@@ -157,7 +161,7 @@ class OutlierAEGMM(BaseDetector):
         if aegmm is not None:
             self.aegmm: Optional[nn.Module] = aegmm
         elif given:
-            self.aegmm = AEGMMNet(encoder_net, decoder_net, gmm_density_net, recon_features)
+            self.aegmm = AEGMMNet(encoder_net, decoder_net, gmm_density_net, self._recon_fn())
         else:
             self.aegmm = None
         if self.aegmm is not None:
@@ -177,7 +181,13 @@ class OutlierAEGMM(BaseDetector):
         else:
             enc, dec, dens = build_aegmm_nets(config, config["n_gmm"], n_recon)
             self.n_gmm = config["n_gmm"]
-        self.aegmm = AEGMMNet(enc, dec, dens, self.recon_features).to(self.device)
+        self.aegmm = AEGMMNet(enc, dec, dens, self._recon_fn()).to(self.device)
+
+    def _recon_fn(self) -> ReconFeatures:
+        """The reconstruction features in use: the user's, else the architecture's default."""
+        if self.recon_features is not None:
+            return self.recon_features
+        return log_mse_cosine if self._auto() else default_recon_features
 
     def _auto(self) -> bool:
         """Whether the automatic configuration applies (own networks, ``architecture='auto'``)."""
@@ -189,7 +199,7 @@ class OutlierAEGMM(BaseDetector):
 
     def _n_recon_features(self, X: np.ndarray) -> int:
         x = torch.from_numpy(X[:2])
-        return int(self.recon_features(x, x).reshape(x.shape[0], -1).shape[1])
+        return int(self._recon_fn()(x, x).reshape(x.shape[0], -1).shape[1])
 
     def _check_nets(self, X: np.ndarray) -> None:
         """Run two rows through the model and explain any shape contract it breaks."""
@@ -341,7 +351,7 @@ class OutlierAEGMM(BaseDetector):
             "n_rows": int(len(X)), "standardize": bool(standardize), "n_gmm": int(self.n_gmm),
             "epochs": plan["epochs"], "epochs_run": len(self.history_), "batch_size": plan["batch_size"],
             "early_stopping": stopped, "w_energy": w_energy, "w_cov_diag": w_cov_diag,
-            "lr": lr if optimizer is None else None,
+            "lr": lr if optimizer is None else None, "recon_features": getattr(self._recon_fn(), "__name__", None),
         }
         self.feature_shape_ = tuple(X.shape[1:])
         self._fit_mixture(X)
