@@ -47,6 +47,10 @@ Usage::
 
     python benchmarks/defaults.py [--seeds 3] [--jobs 2] [--out benchmarks/results] [--quick]
 
+``--fit-time 10000x50`` instead times default fits (``OutlierAEGMM()``, ``OutlierAE()``, and the paper
+configuration) of one synthetic table of that shape in this process, reporting wall time, process CPU
+time and the load average, to ``defaults_fit_time.{md,json}``.
+
 ``--quick`` is a smoke mode (three small tasks, one seed, deep models with ``epochs=2``) that checks
 the pipeline and the output structure in seconds; its numbers mean nothing.
 """
@@ -271,6 +275,48 @@ def to_markdown(summary: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fit_time(shape: str, out: Path, argv: list[str], repeats: int = 3) -> dict:
+    """Wall and CPU time of default fits on one ``ROWSxCOLS`` synthetic table (this process alone)."""
+    import torch
+
+    import dagmm
+    from dagmm.synthetic import make_typed_outliers
+
+    n, f = (int(v) for v in shape.lower().split("x"))
+    X, y = make_typed_outliers("global", n_samples=n, n_features=f, outlier_frac=0.0, seed=0)
+    dagmm.OutlierAE().fit(X[:200], epochs=1, verbose=False)  # warm-up: imports, first-call allocations
+    makers = {"OutlierAEGMM()": dagmm.OutlierAEGMM, "OutlierAE()": dagmm.OutlierAE,
+              "OutlierAEGMM(architecture='paper')": lambda: dagmm.OutlierAEGMM(architecture="paper")}
+    rows = []
+    for name, make in makers.items():
+        for r in range(repeats):
+            load0 = os.getloadavg()[0]
+            w0, c0 = time.perf_counter(), time.process_time()
+            od = make().fit(X, verbose=False, seed=r)
+            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+            cfg = od.auto_config_
+            steps = (cfg["early_stopping"] or {}).get("steps") or cfg["epochs_run"] * -(-n // cfg["batch_size"])
+            rows.append({"detector": name, "repeat": r, "wall_s": wall, "cpu_s": cpu, "steps": steps,
+                         "load_before": load0, "load_after": os.getloadavg()[0]})
+            print(rows[-1], flush=True)
+    meta = {"command": "python benchmarks/defaults.py " + " ".join(argv), "shape": [n, f],
+            "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__}
+    lines = [f"# Default fit time on a {n:,} x {f} table", "", f"Command: `{meta['command']}`", "",
+             f"torch {meta['torch']}, {meta['torch_threads']} torch thread(s), {meta['cpus']} CPU cores shared "
+             "with other jobs (1-minute load average shown). CPU time is the process's user+system time: "
+             "with one thread and a loaded machine it is closer to the time the fit takes on idle cores.", "",
+             "| detector | repeat | optimizer steps | wall (s) | CPU (s) | load before/after |",
+             "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['detector']} | {r['repeat']} | {r['steps']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+                     f"{r['load_before']:.1f}/{r['load_after']:.1f} |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "defaults_fit_time.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
+    (out / "defaults_fit_time.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return {"meta": meta, "runs": rows}
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
@@ -279,7 +325,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="smoke mode: 3 small tasks, 1 seed, 2 epochs")
     parser.add_argument("--tasks", help="comma-separated subset of tasks (default all)")
     parser.add_argument("--methods", help="comma-separated subset of methods (default all)")
+    parser.add_argument("--fit-time", metavar="ROWSxCOLS", help="time default fits of one table instead")
     args = parser.parse_args(argv)
+    if args.fit_time:
+        return fit_time(args.fit_time, Path(args.out), argv if argv is not None else sys.argv[1:])
     import sklearn
     import torch
 

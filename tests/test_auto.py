@@ -130,7 +130,7 @@ def test_early_stopping_restores_the_best_weights(raw_task):
     vals = [v for v in seen if v is not None]
     assert es["best_step"] < es["steps"] and es["best_val_loss"] == pytest.approx(min(vals))
     assert vals[-1] > min(vals)
-    _, val_idx = split_holdout(600, od.auto_config_["val_rows"], 1)
+    _, val_idx = split_holdout(len(X), od.auto_config_["val_rows"], 1)
     Xv = torch.from_numpy(apply_standardize(X[val_idx], od.scaler_mean_, od.scaler_scale_))
     with torch.no_grad():
         restored = float((od.ae(Xv) - Xv).pow(2).mean())
