@@ -326,9 +326,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--tasks", help="comma-separated subset of tasks (default all)")
     parser.add_argument("--methods", help="comma-separated subset of methods (default all)")
     parser.add_argument("--fit-time", metavar="ROWSxCOLS", help="time default fits of one table instead")
+    parser.add_argument("--repeats", type=int, default=3, help="fits per detector with --fit-time (default 3)")
     args = parser.parse_args(argv)
     if args.fit_time:
-        return fit_time(args.fit_time, Path(args.out), argv if argv is not None else sys.argv[1:])
+        return fit_time(args.fit_time, Path(args.out), argv if argv is not None else sys.argv[1:], args.repeats)
     import sklearn
     import torch
 

@@ -245,3 +245,18 @@ def test_defaults_beat_the_paper_configuration(raw_task):
     auc_ae = roc_auc_score(y_test, ae.score(X_test)[1])
     assert auc_auto > auc_paper + 0.1 and auc_ae > auc_paper + 0.1, (auc_auto, auc_ae, auc_paper)
     assert auc_auto > 0.9 and auc_ae > 0.9
+
+
+def test_reconstruction_features_by_architecture(rng):
+    from dagmm.features import default_recon_features, log_mse_cosine
+
+    x, xr = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    got = log_mse_cosine(torch.from_numpy(x), torch.from_numpy(xr)).numpy()
+    cos = (x * xr).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(xr, axis=1))
+    np.testing.assert_allclose(got, np.c_[np.log(((x - xr) ** 2).mean(1) + 1e-6), cos], rtol=1e-12)
+    assert OutlierAEGMM()._recon_fn() is log_mse_cosine
+    assert OutlierAEGMM(architecture="paper")._recon_fn() is default_recon_features
+    enc, dec = nn.Linear(5, 1), nn.Linear(1, 5)
+    dens = nn.Sequential(nn.Linear(3, 2), nn.Softmax(dim=1))
+    assert OutlierAEGMM(encoder_net=enc, decoder_net=dec, gmm_density_net=dens).aegmm.recon_features \
+        is default_recon_features
