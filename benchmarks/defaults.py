@@ -299,7 +299,8 @@ def fit_time(shape: str, out: Path, argv: list[str], repeats: int = 3) -> dict:
             rows.append({"detector": name, "repeat": r, "wall_s": wall, "cpu_s": cpu, "steps": steps,
                          "load_before": load0, "load_after": os.getloadavg()[0]})
             print(rows[-1], flush=True)
-    meta = {"command": "python benchmarks/defaults.py " + " ".join(argv), "shape": [n, f],
+    env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_NUM_THREADS",) if k in os.environ)
+    meta = {"command": env + "python benchmarks/defaults.py " + " ".join(argv), "shape": [n, f],
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__}
     lines = [f"# Default fit time on a {n:,} x {f} table", "", f"Command: `{meta['command']}`", "",
              f"torch {meta['torch']}, {meta['torch_threads']} torch thread(s), {meta['cpus']} CPU cores shared "
