@@ -11,9 +11,19 @@ from torch import nn
 
 from ._validation import check_array, check_percent, check_positive_int
 from .base import DEFAULT_SCORE_BATCH, BaseDetector, seeded
+from .auto import (
+    AUTO_LR,
+    ae_config,
+    apply_standardize,
+    build_ae_nets,
+    check_standardize,
+    resolve_schedule,
+    standardize_stats,
+    train_scheduled,
+)
 from .losses import loss_mse
 from .nets import AENet, default_ae_nets
-from .training import OptimizerArg, resolve_optimizer, train
+from .training import OptimizerArg, resolve_optimizer
 
 __all__ = ["OutlierAE"]
 
@@ -45,6 +55,25 @@ def n_top_features(outlier_perc: float, n_features: int) -> int:
     return max(1, math.ceil(round(outlier_perc * n_features / 100.0, 9)))
 
 
+class _scaled_staticmethod:
+    """A static method that, called on a fitted instance, also gets the instance's scaling.
+
+    ``OutlierAE.feature_score(a, b)`` is the plain squared error;
+    ``od.feature_score(a, b)`` divides by ``od.scaler_scale_`` first when the
+    detector standardises, so it agrees with ``od.score``.
+    """
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Callable:
+        scale = None if obj is None else getattr(obj, "scaler_scale_", None)
+        if scale is None:
+            return self.fn
+        return lambda X_orig, X_recon: self.fn(X_orig, X_recon, scale)
+
+
 class OutlierAE(BaseDetector):
     """Auto-encoder outlier detector scoring each feature by its squared reconstruction error.
 
@@ -60,10 +89,33 @@ class OutlierAE(BaseDetector):
         :func:`dagmm.nets.default_ae_nets` for the data shape: an MLP for
         tabular rows, a small convolutional auto-encoder for (N, H, W, C) or
         (N, C, H, W) images.  Arrays reach the net in the layout given.
+        For tabular rows the MLP's sizes and the training schedule are chosen
+        from the data shape by :func:`dagmm.auto.ae_config` (see the
+        "Defaults" section of the user guide).
     data_type : str, optional
         Recorded in ``meta`` only ('tabular', 'image', 'time-series', ...).
     device : str or torch.device, optional
         ``'cpu'`` (default) or ``'cuda'``.
+    standardize : 'auto', True or False, default 'auto'
+        z-score every feature with the mean and standard deviation of the
+        training data (``scaler_mean_``, ``scaler_scale_``); applied inside
+        ``score``/``predict``/``reconstruct``, so pass raw data everywhere.
+        ``'auto'`` standardises 2-D tabular data with the default networks and
+        nothing else (images and user nets are left as given).
+        With standardisation on, **feature scores are in standardised units**:
+        the squared error divided by the squared training standard deviation
+        of the feature, so features measured in different units are
+        comparable and ``outlier_type='feature'`` thresholds mean the same for
+        every column.  :meth:`reconstruct` returns the reconstruction in the
+        original units, and ``od.feature_score(X, od.reconstruct(X))`` (on the
+        fitted instance) applies the same scaling, so it equals ``od.score(X)[0]``.
+
+    Attributes
+    ----------
+    auto_config_ : dict
+        After ``fit``: the rules' results and the schedule actually used (JSON-able).
+    scaler_mean_, scaler_scale_ : float32 ndarray of shape ``X.shape[1:]`` or None
+        The standardisation, or None when it is off.
     """
 
     def __init__(
@@ -74,8 +126,10 @@ class OutlierAE(BaseDetector):
         decoder_net: Optional[nn.Module] = None,
         data_type: Optional[str] = None,
         device: Union[None, str, torch.device] = None,
+        standardize: Union[str, bool] = "auto",
     ) -> None:
         super().__init__(threshold, data_type, device)
+        self.standardize = check_standardize(standardize)
         for k, v in (("ae", ae), ("encoder_net", encoder_net), ("decoder_net", decoder_net)):
             if v is not None and not isinstance(v, nn.Module):
                 raise TypeError(f"{k} must be a torch.nn.Module, got {type(v).__name__}.")
@@ -110,13 +164,21 @@ class OutlierAE(BaseDetector):
                 "forward(x) must return a reconstruction with the shape of x."
             )
 
+    def _auto(self, X: np.ndarray) -> bool:
+        """Whether the automatic configuration applies: own networks and 2-D tabular X."""
+        return self.default_architecture and X.ndim == 2
+
+    def _checked(self, X: Any, name: str = "X") -> np.ndarray:
+        X = super()._checked(X, name)
+        return apply_standardize(X, getattr(self, "scaler_mean_", None), getattr(self, "scaler_scale_", None))
+
     def fit(
         self,
         X: Any,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = loss_mse,
         optimizer: OptimizerArg = None,
-        epochs: int = 20,
-        batch_size: int = 64,
+        epochs: Optional[int] = None,
+        batch_size: Optional[int] = None,
         verbose: bool = True,
         log_metric: Optional[tuple[str, Callable]] = None,
         callbacks: Optional[Iterable[Any]] = None,
@@ -133,8 +195,13 @@ class OutlierAE(BaseDetector):
         optimizer : Optimizer class or callable, optional
             Default Adam with lr 1e-3; a class is built with lr 1e-3; a callable
             ``params -> Optimizer`` is used as is.
-        epochs : int, default 20
-        batch_size : int, default 64
+        epochs : int, optional
+            Used exactly when given (no early stopping).  Default: for tabular
+            X with the default networks, the automatic step budget with early
+            stopping on a held-out slice (:func:`dagmm.auto.schedule`); 20 otherwise.
+        batch_size : int, optional
+            Used exactly when given.  Default: chosen from the rows for
+            tabular X with the default networks, 64 otherwise.
         verbose : bool, default True
             Progress bar with the running loss.
         log_metric : (name, fn), optional
@@ -143,54 +210,82 @@ class OutlierAE(BaseDetector):
             ``on_epoch_end(epoch, logs)`` objects or ``(epoch, logs)`` callables;
             returning True stops training.
         seed : int, optional
-            Makes initialisation and shuffling reproducible.
+            Makes initialisation, shuffling and the held-out split reproducible.
 
         Returns
         -------
         self
         """
         X = check_array(X, "X", min_rows=2)
-        epochs = check_positive_int(epochs, "epochs")
-        batch_size = check_positive_int(batch_size, "batch_size")
+        if epochs is not None:
+            epochs = check_positive_int(epochs, "epochs")
+        if batch_size is not None:
+            batch_size = check_positive_int(batch_size, "batch_size")
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
+        auto = self._auto(X)
+        config = ae_config(len(X), X.shape[1:]) if auto else None
+        plan = resolve_schedule(config, len(X), epochs, batch_size)
+        standardize = auto if self.standardize == "auto" else self.standardize
+        if standardize:
+            self.scaler_mean_, self.scaler_scale_ = standardize_stats(X)
+        else:
+            self.scaler_mean_ = self.scaler_scale_ = None
+        X = apply_standardize(X, self.scaler_mean_, self.scaler_scale_)
         with seeded(seed, self.device) as gen:
             if self.ae is None:
-                self.ae = AENet(*default_ae_nets(X.shape[1:])).to(self.device)
+                nets = build_ae_nets(config, X.shape[1:]) if auto else default_ae_nets(X.shape[1:])
+                self.ae = AENet(*nets).to(self.device)
             self._check_net(X)
-            opt = resolve_optimizer(optimizer, self.ae.parameters(), 1e-3)
-            X_t = torch.from_numpy(X).to(self.device)
+            opt = resolve_optimizer(optimizer, self.ae.parameters(), AUTO_LR)
             model = self.ae
 
             def batch_loss(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 x_recon = model(xb)
                 return loss_fn(xb, x_recon), x_recon
 
-            self.history_ = train(model, X_t, batch_loss, opt, epochs, batch_size, generator=gen,
-                                  verbose=verbose, log_metric=log_metric, callbacks=callbacks,
-                                  desc="OutlierAE")
+            self.history_, stopped = train_scheduled(
+                model, X, batch_loss, opt, plan, seed=seed, generator=gen, device=self.device,
+                callbacks=callbacks, verbose=verbose, log_metric=log_metric, desc="OutlierAE")
+        self.auto_config_ = {
+            **(config or {"architecture": "default" if self.default_architecture else "user"}),
+            "n_rows": int(len(X)), "standardize": bool(standardize), "epochs": plan["epochs"],
+            "epochs_run": len(self.history_), "batch_size": plan["batch_size"], "early_stopping": stopped,
+            "lr": AUTO_LR if optimizer is None else None,
+        }
         self.feature_shape_ = tuple(X.shape[1:])
         self._fitted = True
         return self
 
     # --------------------------------------------------------------- scoring
     def reconstruct(self, X: Any, batch_size: int = DEFAULT_SCORE_BATCH) -> np.ndarray:
-        """The auto-encoder's reconstruction of X, float32, shape of X."""
+        """The auto-encoder's reconstruction of X, float32, shape of X, in the units of X."""
         self._check_fitted("reconstruct")
         X = self._checked(X)
         self.ae.eval()
-        return self._batched_into(lambda xb, out: out.copy_(self.ae(xb)), X, batch_size, X.shape[1:],
-                                  torch.float32, on_device=False)
+        recon = self._batched_into(lambda xb, out: out.copy_(self.ae(xb)), X, batch_size, X.shape[1:],
+                                   torch.float32, on_device=False)
+        if getattr(self, "scaler_mean_", None) is None:
+            return recon
+        return (recon * self.scaler_scale_ + self.scaler_mean_).astype(np.float32)
 
-    @staticmethod
-    def feature_score(X_orig: Any, X_recon: Any) -> np.ndarray:
-        """Squared reconstruction error per feature, float32, shape of ``X_orig``."""
+    @_scaled_staticmethod
+    def feature_score(X_orig: Any, X_recon: Any, scale: Optional[np.ndarray] = None) -> np.ndarray:
+        """Squared reconstruction error per feature, float32, shape of ``X_orig``.
+
+        Called on the class, ``(X_orig - X_recon) ** 2``.  Called on a fitted
+        detector that standardises, ``((X_orig - X_recon) / scaler_scale_) ** 2``
+        (standardised units, as in :meth:`score`).
+        """
         X_orig = check_array(X_orig, "X_orig")
         X_recon = check_array(X_recon, "X_recon")
         if X_orig.shape != X_recon.shape:
             raise ValueError(f"X_orig has shape {X_orig.shape} but X_recon has shape {X_recon.shape}; "
                              "they must match.")
-        return np.square(X_orig - X_recon)
+        diff = X_orig - X_recon
+        if scale is not None:
+            diff = diff / scale
+        return np.square(diff)
 
     @staticmethod
     def instance_score(fscore: Any, outlier_perc: float = 100.0) -> np.ndarray:

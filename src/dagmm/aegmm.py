@@ -11,7 +11,7 @@ from torch import nn
 
 from ._validation import check_array, check_percent, check_positive_int
 from .base import DEFAULT_SCORE_BATCH, BaseDetector, seeded
-from .features import default_recon_features
+from .features import default_recon_features, log_mse_cosine
 from .gmm import (
     GMMParams,
     add_stats,
@@ -21,9 +21,23 @@ from .gmm import (
     precision_cholesky,
     sample_energy,
 )
+from .auto import (
+    AUTO_LR,
+    aegmm_config,
+    apply_standardize,
+    build_aegmm_nets,
+    check_standardize,
+    resolve_schedule,
+    standardize_stats,
+    train_scheduled,
+)
 from .losses import loss_aegmm
 from .nets import AEGMMNet, paper_kddcup_nets
-from .training import OptimizerArg, resolve_optimizer, train
+from .training import OptimizerArg, resolve_optimizer
+
+#: Learning rate and loss weights of user networks and the paper architecture (the paper's values).
+PAPER_LR, PAPER_W_ENERGY, PAPER_W_COV_DIAG = 1e-4, 0.1, 0.005
+_ARCHITECTURES = ("auto", "paper")
 
 __all__ = ["OutlierAEGMM"]
 
@@ -57,14 +71,18 @@ class OutlierAEGMM(BaseDetector):
         The three parts, given together.  ``gmm_density_net`` takes
         ``latent_dim + n_recon_features`` inputs and ends in a softmax over
         ``n_gmm`` components.  When neither ``aegmm`` nor the three nets are
-        given, ``fit`` builds the paper's KDDCUP architecture for the data
-        width: encoder ``F-60-30-10-1`` with tanh, the mirror decoder, and an
-        estimation net ``3-10-Dropout(0.5)-n_gmm`` with softmax.
+        given, ``fit`` builds the architecture named by ``architecture``.
     n_gmm : int, optional
-        Number of components.  Defaults to 4 for the built-in architecture;
-        with user nets it is read from ``gmm_density_net`` and, if given, checked.
-    recon_features : callable, default :func:`dagmm.features.default_recon_features`
+        Number of components.  By default chosen from the number of rows
+        (:func:`dagmm.auto.n_components`) for ``architecture='auto'`` and 4 for
+        ``'paper'``; with user nets it is read from ``gmm_density_net`` and,
+        if given, checked.
+    recon_features : callable, optional
         ``f(x, x_recon) -> (N, R)`` tensor of reconstruction features.
+        Default: the paper's relative Euclidean distance and cosine
+        (:func:`dagmm.features.default_recon_features`) with user nets and
+        ``architecture='paper'``; :func:`dagmm.features.log_mse_cosine` (log
+        of the mean squared error per feature, cosine) for ``architecture='auto'``.
     data_type : str, optional
         Recorded in ``meta`` only ('tabular', 'image', 'time-series', ...).
     device : str or torch.device, optional
@@ -72,6 +90,30 @@ class OutlierAEGMM(BaseDetector):
     cov_eps : float, default 1e-6
         Initial diagonal jitter added to covariances before the Cholesky
         factorisation; raised tenfold (up to six times) if a factorisation fails.
+    standardize : 'auto', True or False, default 'auto'
+        z-score every feature with the mean and standard deviation of the
+        training data (stored as ``scaler_mean_`` and ``scaler_scale_``; a
+        constant feature gets scale 1).  The scaling is applied inside
+        ``score``/``predict``/``infer_threshold``, so pass raw data everywhere.
+        ``'auto'`` standardises for ``architecture='auto'`` without user nets
+        and not otherwise; ``False`` leaves the data as given (scale it yourself).
+    architecture : 'auto' or 'paper', default 'auto'
+        The networks built when none are given.  ``'auto'``: sizes, number of
+        components, schedule and loss weights chosen from the data shape by
+        :func:`dagmm.auto.aegmm_config` (see the "Defaults" section of the user
+        guide).  ``'paper'``: the paper's KDDCUP architecture, encoder
+        ``F-60-30-10-1`` with tanh, the mirror decoder and the estimation net
+        ``3-10-Dropout(0.5)-n_gmm`` with softmax, trained like user nets (20
+        epochs of 64 rows, Adam 1e-4, ``w_energy=0.1``, ``w_cov_diag=0.005``,
+        no standardisation unless ``standardize=True``), as in earlier versions.
+
+    Attributes
+    ----------
+    auto_config_ : dict
+        After ``fit``: the rules' results and the schedule actually used
+        (JSON-able), including early stopping's ``best_step``.
+    scaler_mean_, scaler_scale_ : float32 ndarray of shape ``X.shape[1:]`` or None
+        The standardisation, or None when it is off.
     """
 
     def __init__(
@@ -82,12 +124,18 @@ class OutlierAEGMM(BaseDetector):
         decoder_net: Optional[nn.Module] = None,
         gmm_density_net: Optional[nn.Module] = None,
         n_gmm: Optional[int] = None,
-        recon_features: ReconFeatures = default_recon_features,
+        recon_features: Optional[ReconFeatures] = None,
         data_type: Optional[str] = None,
         device: Union[None, str, torch.device] = None,
         cov_eps: float = 1e-6,
+        standardize: Union[str, bool] = "auto",
+        architecture: str = "auto",
     ) -> None:
         super().__init__(threshold, data_type, device)
+        self.standardize = check_standardize(standardize)
+        if architecture not in _ARCHITECTURES:
+            raise ValueError(f"architecture must be 'auto' or 'paper', got {architecture!r}.")
+        self.architecture = architecture
         parts = {"encoder_net": encoder_net, "decoder_net": decoder_net, "gmm_density_net": gmm_density_net}
         given = [k for k, v in parts.items() if v is not None]
         if aegmm is not None and given:
@@ -102,7 +150,7 @@ class OutlierAEGMM(BaseDetector):
                 raise TypeError(f"{k} must be a torch.nn.Module, got {type(v).__name__}.")
         if n_gmm is not None:
             n_gmm = check_positive_int(n_gmm, "n_gmm")
-        if not callable(recon_features):
+        if recon_features is not None and not callable(recon_features):
             raise TypeError(f"recon_features must be callable, got {type(recon_features).__name__}.")
         if not (isinstance(cov_eps, (int, float)) and cov_eps > 0):
             raise ValueError(f"cov_eps must be a positive float, got {cov_eps!r}.")
@@ -113,28 +161,45 @@ class OutlierAEGMM(BaseDetector):
         if aegmm is not None:
             self.aegmm: Optional[nn.Module] = aegmm
         elif given:
-            self.aegmm = AEGMMNet(encoder_net, decoder_net, gmm_density_net, recon_features)
+            self.aegmm = AEGMMNet(encoder_net, decoder_net, gmm_density_net, self._recon_fn())
         else:
             self.aegmm = None
         if self.aegmm is not None:
             self.aegmm.to(self.device)
 
     # ------------------------------------------------------------------ fit
-    def _build_default(self, X: np.ndarray) -> None:
+    def _build_default(self, X: np.ndarray, config: Optional[dict]) -> None:
         if X.ndim != 2:
             raise ValueError(
                 f"The default architecture needs 2-D tabular X, got shape {X.shape}. "
                 "Pass encoder_net, decoder_net and gmm_density_net for other data."
             )
         n_recon = self._n_recon_features(X)
-        enc, dec, dens = paper_kddcup_nets(X.shape[1], self.n_gmm or 4, n_recon)
-        self.aegmm = AEGMMNet(enc, dec, dens, self.recon_features).to(self.device)
-        if self.n_gmm is None:
-            self.n_gmm = 4
+        if config is None:  # the paper's architecture
+            self.n_gmm = self.n_gmm or 4
+            enc, dec, dens = paper_kddcup_nets(X.shape[1], self.n_gmm, n_recon)
+        else:
+            enc, dec, dens = build_aegmm_nets(config, config["n_gmm"], n_recon)
+            self.n_gmm = config["n_gmm"]
+        self.aegmm = AEGMMNet(enc, dec, dens, self._recon_fn()).to(self.device)
+
+    def _recon_fn(self) -> ReconFeatures:
+        """The reconstruction features in use: the user's, else the architecture's default."""
+        if self.recon_features is not None:
+            return self.recon_features
+        return log_mse_cosine if self._auto() else default_recon_features
+
+    def _auto(self) -> bool:
+        """Whether the automatic configuration applies (own networks, ``architecture='auto'``)."""
+        return self.default_architecture and self.architecture == "auto"
+
+    def _checked(self, X: Any, name: str = "X") -> np.ndarray:
+        X = super()._checked(X, name)
+        return apply_standardize(X, getattr(self, "scaler_mean_", None), getattr(self, "scaler_scale_", None))
 
     def _n_recon_features(self, X: np.ndarray) -> int:
         x = torch.from_numpy(X[:2])
-        return int(self.recon_features(x, x).reshape(x.shape[0], -1).shape[1])
+        return int(self._recon_fn()(x, x).reshape(x.shape[0], -1).shape[1])
 
     def _check_nets(self, X: np.ndarray) -> None:
         """Run two rows through the model and explain any shape contract it breaks."""
@@ -190,11 +255,11 @@ class OutlierAEGMM(BaseDetector):
         self,
         X: Any,
         loss_fn: Callable[..., torch.Tensor] = loss_aegmm,
-        w_energy: float = 0.1,
-        w_cov_diag: float = 0.005,
+        w_energy: Optional[float] = None,
+        w_cov_diag: Optional[float] = None,
         optimizer: OptimizerArg = None,
-        epochs: int = 20,
-        batch_size: int = 64,
+        epochs: Optional[int] = None,
+        batch_size: Optional[int] = None,
         verbose: bool = True,
         log_metric: Optional[tuple[str, Callable]] = None,
         callbacks: Optional[Iterable[Any]] = None,
@@ -205,18 +270,29 @@ class OutlierAEGMM(BaseDetector):
         Parameters
         ----------
         X : array-like, shape (N, F) or (N, ...)
-            Training data (mostly normal rows).  Converted to float32.
+            Training data (mostly normal rows), in its own units when
+            standardisation is on.  Converted to float32.
         loss_fn : callable, default :func:`dagmm.losses.loss_aegmm`
             ``loss_fn(x, x_recon, z, gamma, w_energy=..., w_cov_diag=...)``;
             ``cov_eps`` is passed too when the function accepts it.
-        w_energy, w_cov_diag : float, default 0.1 and 0.005
-            The paper's ``lambda_1`` and ``lambda_2``.
+        w_energy, w_cov_diag : float, optional
+            The paper's ``lambda_1`` and ``lambda_2``.  Default: ``0.01 * F``
+            and ``0.0005 * F`` for the automatic architecture (the loss sums
+            the squared error over the F features, so this keeps the balance
+            independent of F), the paper's 0.1 and 0.005 otherwise.
         optimizer : Optimizer class or callable, optional
-            Default Adam with lr 1e-4; a class is built with lr 1e-4; a callable
+            Default Adam with lr 1e-3 for the automatic architecture, 1e-4
+            (the paper's) otherwise; a class is built with that lr; a callable
             ``params -> Optimizer`` is used as is.
-        epochs : int, default 20
-        batch_size : int, default 64
-            Training batch size; the final mixture pass uses larger batches.
+        epochs : int, optional
+            Used exactly when given (no early stopping).  Default: the
+            automatic step budget with early stopping on a held-out slice
+            (:func:`dagmm.auto.schedule`) for the automatic architecture, 20
+            otherwise.
+        batch_size : int, optional
+            Training batch size, used exactly when given.  Default: chosen
+            from the rows for the automatic architecture, 64 otherwise.  The
+            final mixture pass uses larger batches.
         verbose : bool, default True
             Progress bar with the running loss.
         log_metric : (name, fn), optional
@@ -225,35 +301,58 @@ class OutlierAEGMM(BaseDetector):
             ``on_epoch_end(epoch, logs)`` objects or ``(epoch, logs)`` callables;
             returning True stops training.
         seed : int, optional
-            Makes initialisation, shuffling and dropout reproducible.
+            Makes initialisation, shuffling, the held-out split and dropout
+            reproducible.
 
         Returns
         -------
         self
         """
         X = check_array(X, "X", min_rows=2)
-        epochs = check_positive_int(epochs, "epochs")
-        batch_size = check_positive_int(batch_size, "batch_size")
-        if batch_size < 2:
-            raise ValueError("batch_size must be at least 2 to estimate covariances.")
-        kwargs = {"w_energy": float(w_energy), "w_cov_diag": float(w_cov_diag)}
+        if epochs is not None:
+            epochs = check_positive_int(epochs, "epochs")
+        if batch_size is not None:
+            batch_size = check_positive_int(batch_size, "batch_size")
+            if batch_size < 2:
+                raise ValueError("batch_size must be at least 2 to estimate covariances.")
+        auto = self._auto()
+        config = aegmm_config(len(X), X.shape[1:]) if auto else None
+        if config is not None and self.n_gmm is not None:
+            config["n_gmm"] = self.n_gmm
+        plan = resolve_schedule(config, len(X), epochs, batch_size)
+        w_energy = (config["w_energy"] if auto else PAPER_W_ENERGY) if w_energy is None else float(w_energy)
+        w_cov_diag = (config["w_cov_diag"] if auto else PAPER_W_COV_DIAG) if w_cov_diag is None else float(w_cov_diag)
+        kwargs = {"w_energy": w_energy, "w_cov_diag": w_cov_diag}
         if "cov_eps" in inspect.signature(loss_fn).parameters:
             kwargs["cov_eps"] = self.cov_eps
+        standardize = auto if self.standardize == "auto" else self.standardize
+        if standardize:
+            self.scaler_mean_, self.scaler_scale_ = standardize_stats(X)
+        else:
+            self.scaler_mean_ = self.scaler_scale_ = None
+        X = apply_standardize(X, self.scaler_mean_, self.scaler_scale_)
+        lr = AUTO_LR if auto else PAPER_LR
         with seeded(seed, self.device) as gen:
             if self.aegmm is None:
-                self._build_default(X)
+                self._build_default(X, config)
             self._check_nets(X)
-            opt = resolve_optimizer(optimizer, self.aegmm.parameters(), 1e-4)
-            X_t = torch.from_numpy(X).to(self.device)
+            opt = resolve_optimizer(optimizer, self.aegmm.parameters(), lr)
             model = self.aegmm
 
             def batch_loss(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 x_recon, z, gamma = model(xb)
                 return loss_fn(xb, x_recon, z, gamma, **kwargs), x_recon
 
-            self.history_ = train(model, X_t, batch_loss, opt, epochs, batch_size, generator=gen,
-                                  verbose=verbose, log_metric=log_metric, callbacks=callbacks,
-                                  desc="OutlierAEGMM")
+            self.history_, stopped = train_scheduled(
+                model, X, batch_loss, opt, plan, seed=seed, generator=gen, device=self.device,
+                callbacks=callbacks, verbose=verbose, log_metric=log_metric, desc="OutlierAEGMM")
+        self.auto_config_ = {
+            **(config or {"architecture": "paper" if self.default_architecture else "user"}),
+            "n_rows": int(len(X)), "standardize": bool(standardize), "n_gmm": int(self.n_gmm),
+            "epochs": plan["epochs"], "epochs_run": len(self.history_), "batch_size": plan["batch_size"],
+            "early_stopping": stopped, "w_energy": w_energy, "w_cov_diag": w_cov_diag,
+            "lr": lr if optimizer is None else None, "recon_features": getattr(self._recon_fn(), "__name__", None),
+        }
         self.feature_shape_ = tuple(X.shape[1:])
         self._fit_mixture(X)
         self._fitted = True
@@ -284,7 +383,8 @@ class OutlierAEGMM(BaseDetector):
     def score(self, X: Any, batch_size: int = DEFAULT_SCORE_BATCH) -> np.ndarray:
         """Sample energies, shape (N,), float64; higher is more anomalous.
 
-        Memory is bounded by ``batch_size`` rows at a time.
+        X is in the units of the training data; the detector's standardisation
+        (if any) is applied here.  Memory is bounded by ``batch_size`` rows at a time.
         """
         self._check_fitted("score")
         X = self._checked(X)

@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train OutlierAEGMM on synthetic data and print its quality")
     demo.add_argument("--samples", type=int, default=20000, help="rows of synthetic data (default 20000)")
-    demo.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
+    demo.add_argument("--epochs", type=int, default=None,
+                      help="training epochs (default: the automatic schedule with early stopping)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(demo)

@@ -37,7 +37,8 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     _check_positive(args.samples, "--samples")
-    _check_positive(args.epochs, "--epochs")
+    if args.epochs is not None:
+        _check_positive(args.epochs, "--epochs")
     run_demo(n_samples=args.samples, epochs=args.epochs, seed=args.seed, verbose=not args.quiet)
     return 0
 
