@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
-from ..features import default_recon_features
+from ..features import default_recon_features, log_mse_cosine
 from ..nets import AEGMMNet, AENet, ConvDecoder, ConvEncoder
 
 __all__ = ["CALLABLES", "LAYERS", "describe_module", "build_module", "callable_name", "function_entry"]
@@ -68,7 +68,8 @@ LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
 }
 
 #: dagmm functions saved by name (the library defaults); any other callable is passed at load time.
-CALLABLES: dict[str, Callable] = {"dagmm.features.default_recon_features": default_recon_features}
+CALLABLES: dict[str, Callable] = {"dagmm.features.default_recon_features": default_recon_features,
+                                 "dagmm.features.log_mse_cosine": log_mse_cosine}
 
 #: Parts of dagmm's containers and the ``load_detector`` argument that replaces each.
 _PARTS = {
