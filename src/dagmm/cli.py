@@ -41,10 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("data", help="training data: .csv, .csv.gz, .parquet or .npy")
     fit.add_argument("--out", required=True, help="model directory to write")
     fit.add_argument("--detector", choices=["aegmm", "ae"], default="aegmm", help="detector type (default aegmm)")
-    fit.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
-    fit.add_argument("--batch-size", type=int, default=256, help="training batch size (default 256)")
-    fit.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    fit.add_argument("--n-gmm", type=int, default=4, help="mixture components for aegmm (default 4)")
+    fit.add_argument("--epochs", type=int, default=None,
+                     help="training epochs (default: automatic step budget with early stopping)")
+    fit.add_argument("--batch-size", type=int, default=None, help="training batch size (default: from the row count)")
+    fit.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
+    fit.add_argument("--n-gmm", type=int, default=None,
+                     help="mixture components for aegmm (default: from the row count, 1 to 4)")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     fit.add_argument("--threshold-perc", type=float, default=95.0,
                      help="percentile of the threshold data's scores used as threshold (default 95)")

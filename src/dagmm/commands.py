@@ -75,14 +75,17 @@ def cmd_fit(args) -> int:
     from .tableio import read_table
 
     for value, flag in ((args.epochs, "--epochs"), (args.batch_size, "--batch-size"), (args.n_gmm, "--n-gmm")):
-        _check_positive(value, flag)
+        if value is not None:
+            _check_positive(value, flag)
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be a positive number, got {args.lr}.")
     df = read_table(args.data)
     pre = TabularPreprocessor(args.columns, args.exclude, args.label_column).fit(df)
     X = pre.transform(df)
     od = _new_detector(args.detector, args.n_gmm)
     lr = args.lr
     od.fit(X, epochs=args.epochs, batch_size=args.batch_size, verbose=not args.quiet, seed=args.seed,
-           optimizer=lambda p: torch.optim.Adam(p, lr=lr))
+           optimizer=None if lr is None else (lambda p: torch.optim.Adam(p, lr=lr)))
     X_thr = X if args.threshold_data is None else pre.transform(read_table(args.threshold_data))
     od.infer_threshold(X_thr, threshold_perc=args.threshold_perc)
 
