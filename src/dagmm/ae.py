@@ -14,11 +14,9 @@ from .base import DEFAULT_SCORE_BATCH, BaseDetector, seeded
 from .auto import (
     AUTO_LR,
     ae_config,
-    apply_standardize,
     build_ae_nets,
     check_standardize,
     resolve_schedule,
-    standardize_stats,
     train_scheduled,
 )
 from .losses import loss_mse
@@ -168,10 +166,6 @@ class OutlierAE(BaseDetector):
         """Whether the automatic configuration applies: own networks and 2-D tabular X."""
         return self.default_architecture and X.ndim == 2
 
-    def _checked(self, X: Any, name: str = "X") -> np.ndarray:
-        X = super()._checked(X, name)
-        return apply_standardize(X, getattr(self, "scaler_mean_", None), getattr(self, "scaler_scale_", None))
-
     def fit(
         self,
         X: Any,
@@ -226,12 +220,7 @@ class OutlierAE(BaseDetector):
         auto = self._auto(X)
         config = ae_config(len(X), X.shape[1:]) if auto else None
         plan = resolve_schedule(config, len(X), epochs, batch_size)
-        standardize = auto if self.standardize == "auto" else self.standardize
-        if standardize:
-            self.scaler_mean_, self.scaler_scale_ = standardize_stats(X)
-        else:
-            self.scaler_mean_ = self.scaler_scale_ = None
-        X = apply_standardize(X, self.scaler_mean_, self.scaler_scale_)
+        X, standardize = self._fit_standardization(X, auto)
         with seeded(seed, self.device) as gen:
             if self.ae is None:
                 nets = build_ae_nets(config, X.shape[1:]) if auto else default_ae_nets(X.shape[1:])

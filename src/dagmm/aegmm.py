@@ -24,11 +24,9 @@ from .gmm import (
 from .auto import (
     AUTO_LR,
     aegmm_config,
-    apply_standardize,
     build_aegmm_nets,
     check_standardize,
     resolve_schedule,
-    standardize_stats,
     train_scheduled,
 )
 from .losses import loss_aegmm
@@ -193,10 +191,6 @@ class OutlierAEGMM(BaseDetector):
         """Whether the automatic configuration applies (own networks, ``architecture='auto'``)."""
         return self.default_architecture and self.architecture == "auto"
 
-    def _checked(self, X: Any, name: str = "X") -> np.ndarray:
-        X = super()._checked(X, name)
-        return apply_standardize(X, getattr(self, "scaler_mean_", None), getattr(self, "scaler_scale_", None))
-
     def _n_recon_features(self, X: np.ndarray) -> int:
         x = torch.from_numpy(X[:2])
         return int(self._recon_fn()(x, x).reshape(x.shape[0], -1).shape[1])
@@ -325,12 +319,7 @@ class OutlierAEGMM(BaseDetector):
         kwargs = {"w_energy": w_energy, "w_cov_diag": w_cov_diag}
         if "cov_eps" in inspect.signature(loss_fn).parameters:
             kwargs["cov_eps"] = self.cov_eps
-        standardize = auto if self.standardize == "auto" else self.standardize
-        if standardize:
-            self.scaler_mean_, self.scaler_scale_ = standardize_stats(X)
-        else:
-            self.scaler_mean_ = self.scaler_scale_ = None
-        X = apply_standardize(X, self.scaler_mean_, self.scaler_scale_)
+        X, standardize = self._fit_standardization(X, auto)
         lr = AUTO_LR if auto else PAPER_LR
         with seeded(seed, self.device) as gen:
             if self.aegmm is None:

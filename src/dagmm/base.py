@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ._validation import check_array, check_positive_int
+from .auto import apply_standardize, standardize_stats
 from ._version import __version__
 
 __all__ = ["BaseDetector", "NotFittedError", "resolve_device", "seeded"]
@@ -142,7 +143,22 @@ class BaseDetector:
         return float(np.percentile(scores, threshold_perc))
 
     def _checked(self, X: Any, name: str = "X") -> np.ndarray:
-        return check_array(X, name, feature_shape=getattr(self, "feature_shape_", None))
+        """Validated float32 X, in the standardised units the network saw in ``fit`` (if any)."""
+        X = check_array(X, name, feature_shape=getattr(self, "feature_shape_", None))
+        return apply_standardize(X, getattr(self, "scaler_mean_", None), getattr(self, "scaler_scale_", None))
+
+    def _fit_standardization(self, X: np.ndarray, auto: bool) -> tuple[np.ndarray, bool]:
+        """Fit the input scaling that ``self.standardize`` asks for (``'auto'``: on when ``auto``).
+
+        Sets ``scaler_mean_`` and ``scaler_scale_`` (``None`` when off) and
+        returns ``(X in the network's units, whether scaling is on)``.
+        """
+        on = auto if self.standardize == "auto" else bool(self.standardize)
+        if on:
+            self.scaler_mean_, self.scaler_scale_ = standardize_stats(X)
+        else:
+            self.scaler_mean_ = self.scaler_scale_ = None
+        return apply_standardize(X, self.scaler_mean_, self.scaler_scale_), on
 
     def __repr__(self) -> str:
         state = "fitted" if self._fitted else "not fitted"
