@@ -79,6 +79,11 @@ def test_fit_writes_model_and_threshold(model):
     info = dagmm_cli("info", str(model))
     assert info.returncode == 0, info.stderr
     assert "detector: OutlierAEGMM" in info.stdout
+    import torch
+
+    import dagmm
+
+    assert f"saved by: dagmm {dagmm.__version__}, torch {torch.__version__}, format version 1" in info.stdout
     assert "components (n_gmm): 2" in info.stdout
     assert "2 categorical column(s) one-hot encoded" in info.stdout
 

@@ -214,9 +214,13 @@ def cmd_info(args) -> int:
         path = path / DETECTOR
     if not path.is_dir():
         raise FileNotFoundError(f"No model directory at {args.model}")
+    from .persistence import read_config
+
     od = dagmm.load_detector(str(path))
+    config = read_config(path)
     print(f"detector: {type(od).__name__}")
-    print(f"dagmm version (saved): {od.meta['version']}")
+    print(f"saved by: dagmm {config.get('dagmm_version')}, torch {config.get('torch_version')}, "
+          f"format version {config.get('format_version')}")
     print(f"threshold: {od.threshold}")
     print(f"fitted: {getattr(od, '_fitted', False)}")
     if getattr(od, "feature_shape_", None) is not None:
