@@ -89,14 +89,6 @@ def load(name: str, data_home: str, seed: int, quick: bool) -> tuple[np.ndarray,
     return X, y, ratio
 
 
-def split(name: str, X: np.ndarray, y: np.ndarray, protocol: str, seed: int, cfg: dict):
-    from dagmm.datasets import protocol_split
-
-    cols = slice(0, 34) if cfg["scale"] == "continuous" else None  # KDD: the 34 continuous columns first
-    return protocol_split(X, y, "C" if protocol == "C" else "A", seed=seed, scaler=cfg["scaler"],
-                          scale_columns=cols)
-
-
 # --------------------------------------------------------------- methods
 def _nets(cfg: dict, n_features: int, seed: int):
     import torch

@@ -169,6 +169,20 @@ def test_scale_columns_and_constant_columns(labelled):
     assert (X_train[:, 4] == 0).all() and (X_test[:, 4] == 0).all()  # constant column: divisor 1, no NaN
 
 
+def test_fit_scaler_is_the_split_scaling_and_rejects_unknown_names(labelled):
+    from dagmm.datasets import fit_scaler, protocol_indices
+
+    X, y = labelled
+    train, test = protocol_indices(y, "A", seed=3)
+    X_train, X_test, _ = protocol_split(X, y, "A", seed=3, scaler="minmax")
+    transform = fit_scaler(X[train], "minmax")
+    np.testing.assert_array_equal(transform(X[train]), X_train)
+    np.testing.assert_array_equal(transform(X[test]), X_test)
+    np.testing.assert_array_equal(fit_scaler(X[train], None)(X[test]), X[test].astype(np.float32))
+    with pytest.raises(ValueError, match="scaler must be 'zscore', 'minmax' or None, got 'robust'"):
+        fit_scaler(X[train], "robust")
+
+
 def test_protocol_split_errors(labelled):
     X, y = labelled
     with pytest.raises(ValueError, match="protocol must be 'A', 'B' or 'C', got 'D'"):

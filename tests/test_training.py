@@ -88,6 +88,8 @@ def test_mixture_comes_from_whole_training_set(tabular):
     phi, mu, cov = od.phi_, od.mu_, od.cov_
     od._fit_mixture(X_std, batch_size=7)
     np.testing.assert_allclose(od.cov_.numpy(), cov.numpy(), rtol=1e-6, atol=1e-10)  # float32 net outputs
+    np.testing.assert_allclose(od.phi_.numpy(), phi.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(od.mu_.numpy(), mu.numpy(), rtol=1e-6, atol=1e-10)
 
 
 def test_divergence_is_reported_and_weights_restored(tabular):

@@ -270,8 +270,8 @@ class OutlierAEGMM(BaseDetector):
             ``loss_fn(x, x_recon, z, gamma, w_energy=..., w_cov_diag=...)``;
             ``cov_eps`` is passed too when the function accepts it.
         w_energy, w_cov_diag : float, optional
-            The paper's ``lambda_1`` and ``lambda_2``.  Default: ``0.01 * F``
-            and ``0.0005 * F`` for the automatic architecture (the loss sums
+            The paper's ``lambda_1`` and ``lambda_2``.  Default: ``0.001 * F``
+            and ``0.00005 * F`` for the automatic architecture (the loss sums
             the squared error over the F features, so this keeps the balance
             independent of F), the paper's 0.1 and 0.005 otherwise.
         optimizer : Optimizer class or callable, optional

@@ -78,13 +78,7 @@ def _encode_attr(det: Any, name: str, value: Any, key: str, tensors: dict, devic
 
 def _constructor_values(det: Any) -> dict:
     if type(det).__name__ == "DAGMM" and hasattr(det, "get_params"):
-        from ..estimator import activation_name
-
-        # Activations may be torch functions (torch.tanh); their canonical names rebuild the same layers.
-        values = dict(det.get_params(deep=False))
-        for key in ("comp_activation", "est_activation"):
-            values[key] = activation_name(values[key], key)
-        return values
+        return dict(det.get_params(deep=False))  # activations come back as canonical names
     params = inspect.signature(type(det).__init__).parameters
     return {p: getattr(det, p) for p, spec in params.items()
             if p != "self" and spec.kind not in (spec.VAR_POSITIONAL, spec.VAR_KEYWORD) and hasattr(det, p)}
