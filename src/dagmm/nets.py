@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from . import fused
 from ._layout import channels_last
 from .features import default_recon_features
 
@@ -77,14 +78,14 @@ class AEGMMNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_recon, z)`` without the estimation network (all that scoring needs)."""
-        latent = self.encoder(x)
-        x_recon = self.decoder(latent)
+        latent = fused.run(self.encoder, x)
+        x_recon = fused.run(self.decoder, latent)
         z = torch.cat([latent.flatten(1), self.recon_features(x, x_recon)], dim=1)  # (N, L + R)
         return x_recon, z
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x_recon, z = self.encode(x)
-        return x_recon, z, self.gmm_density(z)
+        return x_recon, z, fused.run(self.gmm_density, z)
 
 
 class AENet(nn.Module):
@@ -96,7 +97,7 @@ class AENet(nn.Module):
         self.decoder = decoder_net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+        return fused.run(self.decoder, fused.run(self.encoder, x))
 
 
 class ConvEncoder(nn.Module):
