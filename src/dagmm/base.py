@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import numpy as np
 import torch
 
+from . import fused
 from ._validation import check_array, check_positive_int
 from .auto import apply_standardize, standardize_stats
 from ._version import __version__
@@ -124,7 +125,8 @@ class BaseDetector:
         buf = host_t if (on_device is False or self.device.type == "cpu") else torch.empty(
             (n, *row_shape), dtype=dtype, device=self.device)
         staged = buf is host_t and self.device.type != "cpu"
-        with torch.inference_mode():
+        # fn consumes each batch's intermediates before the next: safe to reuse them
+        with torch.inference_mode(), fused.reuse_buffers():
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
                 xb = torch.from_numpy(X[start:stop]).to(self.device, non_blocking=True)

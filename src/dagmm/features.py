@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from .fused import buffer
+
 __all__ = ["relative_euclidean", "cosine_similarity", "default_recon_features", "log_mse_cosine", "RECON_EPS",
            "LOG_MSE_EPS"]
 
@@ -64,19 +66,30 @@ def log_mse_cosine(x: torch.Tensor, x_recon: torch.Tensor) -> torch.Tensor:
 
 
 def _recon_pair(x: torch.Tensor, x_recon: torch.Tensor, first: str) -> torch.Tensor:
-    if torch.is_grad_enabled() and x_recon.requires_grad and not x.requires_grad:
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or x_recon.requires_grad)
+    if needs_grad and not x.requires_grad:
         return _ReconPair.apply(x, x_recon, first)
-    return _pair_forward(x.flatten(1), x_recon.flatten(1), first)[0]
+    return _pair_forward(x.flatten(1), x_recon.flatten(1), first, reuse=not needs_grad)[0]
 
 
-def _pair_forward(x: torch.Tensor, r: torch.Tensor, first: str) -> tuple:
-    """Features of flattened (N, F) rows, and the per-row quantities the gradient needs."""
+def _pair_forward(x: torch.Tensor, r: torch.Tensor, first: str, reuse: bool) -> tuple:
+    """Features of flattened (N, F) rows, and the per-row quantities the gradient needs.
+
+    With ``reuse`` the two (N, F) temporaries are written into
+    :func:`dagmm.fused.buffer` s (reused from batch to batch when scoring);
+    never when they are kept for a backward or autograd records the ops.
+    """
     x_norm = torch.linalg.vector_norm(x, dim=1)
     r_norm = torch.linalg.vector_norm(r, dim=1)
-    diff = r - x  # (N, F)
+    if reuse:
+        diff = torch.sub(r, x, out=buffer(("recon features", "diff"), *x.shape, x))  # (N, F)
+        dot = torch.mul(x, r, out=buffer(("recon features", "product"), *x.shape, x)).sum(1)  # as vecdot computes it
+    else:
+        diff = r - x  # (N, F)
+        dot = torch.linalg.vecdot(x, r)
     err = torch.linalg.vector_norm(diff, dim=1)  # ||x - x'||
     den = x_norm * r_norm
-    cos = torch.linalg.vecdot(x, r) / den.clamp_min(RECON_EPS)
+    cos = dot / den.clamp_min(RECON_EPS)
     if first == "relative":
         head = err / x_norm.clamp_min(RECON_EPS)
     else:
@@ -95,7 +108,7 @@ class _ReconPair(torch.autograd.Function):
     def forward(ctx, x, x_recon, first):
         shape = x_recon.shape
         x, r = x.flatten(1), x_recon.flatten(1)  # (N, F)
-        out, parts = _pair_forward(x, r, first)
+        out, parts = _pair_forward(x, r, first, reuse=False)
         ctx.save_for_backward(x, r, *parts)
         ctx.first, ctx.shape = first, shape
         return out

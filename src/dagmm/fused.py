@@ -25,17 +25,54 @@ on CPUs whose vectorised ``tanh`` is slow, with an absolute difference below
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import threading
+from typing import Hashable, Iterator, Optional
 
 import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
-__all__ = ["plan", "run", "tanh"]
+__all__ = ["buffer", "plan", "reuse_buffers", "run", "tanh"]
 
 _LINEAR, _TANH, _RELU, _SIGMOID, _DROPOUT, _SOFTMAX = range(6)
 _ELEMENTWISE = {nn.Tanh: _TANH, nn.ReLU: _RELU, nn.Sigmoid: _SIGMOID}
 _aten = torch.ops.aten
+
+
+_ARENA = threading.local()
+
+
+@contextlib.contextmanager
+def reuse_buffers() -> Iterator[None]:
+    """Keep the outputs of inference-mode fused stacks in buffers reused from call to call.
+
+    Scoring runs the same shapes batch after batch; a fresh multi-megabyte
+    result per layer is a fresh ``mmap`` from the C allocator, and touching
+    its pages for the first time cost more than the arithmetic on this kind
+    of machine.  Inside this context every such result (and the temporaries
+    of the default reconstruction features) lives in one buffer per layer,
+    sized for the largest batch seen, so a result is only valid until the
+    next call: the caller must consume or copy it first, as
+    :meth:`dagmm.base.BaseDetector._batched_into` does.
+    """
+    previous = getattr(_ARENA, "buffers", None)
+    _ARENA.buffers = {}
+    try:
+        yield
+    finally:
+        _ARENA.buffers = previous
+
+
+def buffer(key: Hashable, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+    """A (rows, cols) tensor like ``like``: a reused one inside :func:`reuse_buffers`, else new."""
+    buffers = getattr(_ARENA, "buffers", None)
+    if buffers is None:
+        return torch.empty((rows, cols), dtype=like.dtype, device=like.device)
+    buf = buffers.get(key)
+    if buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.dtype != like.dtype or buf.device != like.device:
+        buf = buffers[key] = torch.empty((rows, cols), dtype=like.dtype, device=like.device)
+    return buf[:rows]  # contiguous: rows of a row-major buffer
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
@@ -156,12 +193,13 @@ def _forward(h: torch.Tensor, spec: tuple, ops: list, keep: bool) -> tuple[torch
         if kind == _LINEAR:
             # tanh(a) = 2 sigmoid(2a) - 1: the inner 2 costs nothing inside the product
             scale = 2.0 if i + 1 < len(spec) and spec[i + 1][0] == _TANH else 1.0
+            out = buffer((id(m), "out"), h.shape[0], m.out_features, h) if not keep else None  # (N, out)
             if m.bias is None:
-                out = torch.mm(h, m.weight.t())  # (N, out)
+                out = torch.mm(h, m.weight.t(), out=out)  # (N, out)
                 if scale != 1.0:
                     out.mul_(scale)
             else:
-                out = torch.addmm(m.bias, h, m.weight.t(), beta=scale, alpha=scale)  # (N, out)
+                out = torch.addmm(m.bias, h, m.weight.t(), beta=scale, alpha=scale, out=out)  # (N, out)
             saved.append(h if keep else None)
             h, owned = out, True
         elif kind == _DROPOUT:

@@ -82,13 +82,6 @@ def _outer_index(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tens
         return idx.repeat_interleave(d), idx.repeat(d)
 
 
-@functools.lru_cache(maxsize=32)
-def _block_sum(k: int, d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(K*D, K) 0/1 matrix summing each block of D columns."""
-    with torch.inference_mode(False):  # cached: must be usable by autograd later
-        return torch.eye(k, dtype=dtype, device=device).repeat_interleave(d, 0)
-
-
 def _weighted_moments(zc: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """``gamma^T [1, zc, zc (x) zc]``: every membership-weighted moment in one product.
 
@@ -264,30 +257,37 @@ def gmm_log_prob(
 
     Returns
     -------
-    (N, K) float64 tensor of weighted log-densities.
+    (N, K) float64 tensor of weighted log-densities (a transposed view of a
+    (K, N) result).
     """
-    z = z.to(prec_chol.dtype)
+    return _log_prob_t(z, phi, mu, prec_chol).T
+
+
+def _log_prob_t(z: torch.Tensor, phi: torch.Tensor, mu: torch.Tensor, prec_chol: torch.Tensor) -> torch.Tensor:
+    """:func:`gmm_log_prob` laid out (K, N): rows of the batch along the contiguous axis.
+
+    With K and D this small, sums and broadcasts over a short innermost axis
+    cost several times the same arithmetic laid out this way.
+    """
     d = z.shape[1]
     k = prec_chol.shape[0]
-    # (z - mu_k) P_k == z P_k - mu_k P_k, and the P_k side by side form one
-    # (D, K*D) matrix: a single product serves every component.
-    p_all = prec_chol.transpose(0, 1).reshape(d, k * d)  # (D, K*D)
-    mu_p = (mu[:, None, :] @ prec_chol).reshape(k * d)  # (K*D,)
-    y = z @ p_all - mu_p  # (N, K*D)
-    # per-component sums of squares as a product with a 0/1 block matrix:
-    # faster than a reduction over an axis of length D
-    maha = y.square() @ _block_sum(k, d, y.dtype, y.device)  # (N, K)
+    prec_t = prec_chol.transpose(1, 2)  # (K, D, D): P_k^T
+    # P_k^T (z - mu_k) = P_k^T z - P_k^T mu_k, and the P_k^T stacked form one
+    # (K*D, D) matrix: a single product serves every component.
+    offset = (prec_t @ mu[:, :, None]).reshape(k * d, 1)  # (K*D, 1)
+    proj = torch.addmm(offset, prec_t.reshape(k * d, d), z.T.to(prec_chol.dtype), beta=-1.0)  # (K*D, N)
+    maha = proj.square().view(k, d, -1).sum(1)  # (K, N)
     log_det_prec = torch.log(torch.diagonal(prec_chol, dim1=-2, dim2=-1)).sum(-1)  # (K,)
     log_phi = torch.log(phi.clamp_min(torch.finfo(phi.dtype).tiny))
     const = log_phi + log_det_prec - 0.5 * d * _LOG_2PI  # (K,)
-    return const - 0.5 * maha
+    return const[:, None] - 0.5 * maha
 
 
 def sample_energy(
     z: torch.Tensor, phi: torch.Tensor, mu: torch.Tensor, prec_chol: torch.Tensor
 ) -> torch.Tensor:
     """Sample energy ``E(z) = -log sum_k phi_k N(z; mu_k, cov_k)``, shape (N,), float64."""
-    return -torch.logsumexp(gmm_log_prob(z, phi, mu, prec_chol), dim=1)
+    return -torch.logsumexp(_log_prob_t(z, phi, mu, prec_chol), dim=0)
 
 
 def cov_diag_penalty(cov: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
