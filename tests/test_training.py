@@ -134,3 +134,40 @@ def test_optimizer_forms():
         resolve_optimizer(torch.optim.Adam(params), params, 1e-4)
     with pytest.raises(TypeError, match="must return a torch.optim.Optimizer, got int"):
         resolve_optimizer(lambda p: 3, params, 1e-4)
+
+
+def test_lean_adam_matches_torch_fused_adam_bit_for_bit():
+    """The cached fast path runs the same kernel: identical weights through lr changes, a state
+    reload, a parameter without a gradient and a step hook (which send steps back to torch)."""
+    import copy
+
+    from torch import nn
+
+    from dagmm.training import LeanAdam
+
+    net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2), nn.Linear(2, 2))
+    twin = copy.deepcopy(net)
+    ref = torch.optim.Adam(net.parameters(), lr=1e-2, fused=True)
+    lean = LeanAdam(twin.parameters(), lr=1e-2, fused=True)
+    handle = None
+    for i in range(30):
+        x = torch.randn(16, 5)
+        for model, opt in ((net, ref), (twin, lean)):
+            opt.zero_grad(set_to_none=True)
+            out = model[:3](x) if 12 <= i < 15 else model(x)  # the last layer gets no gradient
+            out.pow(2).sum().backward()
+            opt.step()
+        if i == 5:
+            assert lean._lean is not None  # the fast path is in use
+        if i == 8:
+            for opt in (ref, lean):
+                opt.param_groups[0]["lr"] = 3e-3
+        if i == 20:
+            for opt in (ref, lean):
+                opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+            handle = lean.register_step_post_hook(lambda *a: None)
+        if i == 24:
+            handle.remove()
+    for p, q in zip(net.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+    assert lean._lean is not None

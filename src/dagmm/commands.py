@@ -73,6 +73,7 @@ def cmd_fit(args) -> int:
     import dagmm
     from .preprocess import TabularPreprocessor
     from .tableio import read_table
+    from .training import default_adam
 
     for value, flag in ((args.epochs, "--epochs"), (args.batch_size, "--batch-size"), (args.n_gmm, "--n-gmm")):
         if value is not None:
@@ -85,7 +86,7 @@ def cmd_fit(args) -> int:
     od = _new_detector(args.detector, args.n_gmm)
     lr = args.lr
     od.fit(X, epochs=args.epochs, batch_size=args.batch_size, verbose=not args.quiet, seed=args.seed,
-           optimizer=None if lr is None else (lambda p: torch.optim.Adam(p, lr=lr)))
+           optimizer=None if lr is None else (lambda p: default_adam(p, lr)))
     X_thr = X if args.threshold_data is None else pre.transform(read_table(args.threshold_data))
     od.infer_threshold(X_thr, threshold_perc=args.threshold_perc)
 

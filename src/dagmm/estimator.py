@@ -21,6 +21,7 @@ from ._validation import check_array, check_positive_int
 from .aegmm import OutlierAEGMM
 from .base import NotFittedError, seeded
 from .nets import mlp
+from .training import default_adam
 
 __all__ = ["ACTIVATIONS", "DAGMM", "activation_name", "build_dagmm_nets"]
 
@@ -266,7 +267,7 @@ class DAGMM(BaseEstimator):
                                 n_gmm=p["est"][-1], data_type="tabular")
         lr = p["learning_rate"]
         detector.fit(xn, w_energy=p["lambda1"], w_cov_diag=p["lambda2"],
-                     optimizer=lambda params: torch.optim.Adam(params, lr=lr),
+                     optimizer=lambda params: default_adam(params, lr),
                      epochs=p["epochs"], batch_size=min(p["batch"], len(xn)), verbose=False, seed=seed)
         self.detector_ = detector
         self.n_features_in_ = int(x.shape[1])

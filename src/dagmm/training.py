@@ -16,7 +16,7 @@ from torch import nn
 
 from .gmm import CholeskyError
 
-__all__ = ["TrainingDivergedError", "default_adam", "resolve_optimizer", "train"]
+__all__ = ["LeanAdam", "TrainingDivergedError", "default_adam", "resolve_optimizer", "train"]
 
 OptimizerArg = Union[None, type, Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]]
 BatchLoss = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -26,19 +26,94 @@ class TrainingDivergedError(RuntimeError):
     """The training loss became NaN or infinite; the last finite weights were restored."""
 
 
+class LeanAdam(torch.optim.Adam):
+    """``torch.optim.Adam(fused=True)`` with its per-step Python bookkeeping done once.
+
+    For DAGMM's twenty small parameter tensors, ``Optimizer.step`` spent more
+    time in Python (hooks, per-parameter state lookups, grouping by device)
+    than the fused kernel spent updating them.  After a first ordinary step
+    has created the state, each step here is the same two calls the parent
+    makes, the step-counter increment and ``torch._fused_adam_``, on lists
+    kept from that step: the same kernel with the same arguments, so the
+    same numbers (``tests/test_training.py`` compares them bit for bit).
+    Anything the cached lists could miss sends the step back to the parent:
+    a closure, a missing gradient, several parameter groups, AMSGrad, step
+    hooks, or a ``load_state_dict`` / ``add_param_group`` since the cache was made.
+    """
+
+    _lean: Optional[tuple] = None
+
+    def step(self, closure=None):  # type: ignore[override]
+        lean = self._lean
+        if lean is None or closure is not None or self._hooked():
+            loss = super().step(closure)
+            self._lean = self._cache()
+            return loss
+        params, exp_avgs, exp_avg_sqs, steps = lean
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):
+            self._lean = None
+            return super().step()
+        group = self.param_groups[0]
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+                           beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                           maximize=group["maximize"], grad_scale=None, found_inf=None)
+        return None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not set_to_none or self._lean is None or self._hooked():
+            return super().zero_grad(set_to_none)
+        for p in self._lean[0]:
+            p.grad = None
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._lean = None
+        super().load_state_dict(state_dict)
+
+    def add_param_group(self, param_group: dict) -> None:
+        self._lean = None
+        super().add_param_group(param_group)
+
+    def _hooked(self) -> bool:
+        from torch.optim import optimizer as _opt
+
+        return bool(self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                    or _opt._global_optimizer_pre_hooks or _opt._global_optimizer_post_hooks)
+
+    def _cache(self) -> Optional[tuple]:
+        if len(self.param_groups) != 1:
+            return None
+        group = self.param_groups[0]
+        if not group.get("fused") or group["amsgrad"] or group.get("decoupled_weight_decay") \
+                or group.get("differentiable") or group.get("capturable"):
+            return None
+        params = group["params"]
+        if not params or any(p not in self.state or not self.state[p] for p in params):
+            return None
+        # one device and dtype: the parent groups tensors by both before calling the kernel
+        if len({(p.device, p.dtype) for p in params}) != 1:
+            return None
+        states = [self.state[p] for p in params]
+        return (list(params), [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                [s["step"] for s in states])
+
+
 def default_adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
     """Adam with its fused kernel where this torch build has one for the parameters' device.
 
     The fused update is the same Adam step in one kernel per parameter group
     instead of about ten small ops per parameter tensor, which is most of
-    the optimizer's cost for DAGMM's small layers.  Older torch versions (and
+    the optimizer's cost for DAGMM's small layers; :class:`LeanAdam` also
+    skips the Python bookkeeping around it.  Older torch versions (and
     devices without a fused kernel) get the multi-tensor ``foreach`` version,
     or the plain loop.
     """
     params = list(params)
-    for kwargs in ({"fused": True}, {"foreach": True}, {}):
+    for cls, kwargs in ((LeanAdam, {"fused": True}), (torch.optim.Adam, {"foreach": True}), (torch.optim.Adam, {})):
         try:
-            return torch.optim.Adam(params, lr=lr, **kwargs)
+            return cls(params, lr=lr, **kwargs)
         except (RuntimeError, TypeError, ValueError):
             continue
     raise AssertionError("unreachable: plain Adam always builds")  # pragma: no cover
