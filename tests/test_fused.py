@@ -16,9 +16,12 @@ def _stacks():
         "paper encoder": (enc, (40, 12)),
         "paper decoder": (dec, (40, 1)),
         "paper estimation net": (est, (40, 3)),
-        "relu mlp": (mlp([12, 16, 8, 3], nn.ReLU), (40, 12)),
-        "sigmoid, last activation": (mlp([12, 7, 5], nn.Sigmoid, last_activation=True), (40, 12)),
-        "flatten / unflatten": (nn.Sequential(nn.Flatten(), mlp([12, 6, 4], nn.ReLU)), (40, 3, 4)),
+        # ReLU/Sigmoid stacks train as plain modules; with a Tanh they take the fused node
+        "relu + tanh": (nn.Sequential(mlp([12, 16, 8], nn.ReLU, True), nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 3)),
+                        (40, 12)),
+        "sigmoid + tanh, last activation": (nn.Sequential(nn.Linear(12, 7), nn.Sigmoid(), nn.Linear(7, 5),
+                                                          nn.Tanh()), (40, 12)),
+        "flatten / unflatten": (nn.Sequential(nn.Flatten(), mlp([12, 6, 4], nn.Tanh)), (40, 3, 4)),
         "unflatten last": (nn.Sequential(mlp([4, 6, 12], nn.Tanh), nn.Unflatten(1, (3, 4))), (40, 4)),
         "activation first, no bias, identity": (
             nn.Sequential(nn.Tanh(), nn.Linear(12, 6, bias=False), nn.Identity(), nn.Tanh(), nn.Linear(6, 2)), (40, 12)),
@@ -54,6 +57,15 @@ def test_fused_float32_close_and_inference_path_identical(name):
     y = fused.run(seq, x.clone().requires_grad_(True))
     torch.testing.assert_close(y.detach(), y_inf, rtol=0, atol=0)  # scoring sees what training saw
     torch.testing.assert_close(y_inf, seq(x), rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_path_fused_only_with_tanh():
+    x = torch.randn(8, 12, requires_grad=True)
+    with_tanh, relu_only = mlp([12, 6, 3], nn.Tanh), mlp([12, 6, 3], nn.ReLU)
+    assert type(fused.run(with_tanh, x).grad_fn).__name__ == "_FusedStackBackward"
+    assert type(fused.run(relu_only, x).grad_fn).__name__ == "AddmmBackward0"  # the module itself
+    with torch.no_grad():  # scoring is fused either way, and equals the module bit for bit without tanh
+        assert torch.equal(fused.run(relu_only, x), relu_only(x))
 
 
 def test_fast_tanh_accuracy():
