@@ -66,6 +66,7 @@ def log_mse_cosine(x: torch.Tensor, x_recon: torch.Tensor) -> torch.Tensor:
 
 
 def _recon_pair(x: torch.Tensor, x_recon: torch.Tensor, first: str) -> torch.Tensor:
+    """The closed-form node when only ``x_recon`` needs a gradient, else the plain formulas."""
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or x_recon.requires_grad)
     if needs_grad and not x.requires_grad:
         return _ReconPair.apply(x, x_recon, first)
@@ -75,8 +76,8 @@ def _recon_pair(x: torch.Tensor, x_recon: torch.Tensor, first: str) -> torch.Ten
 def _pair_forward(x: torch.Tensor, r: torch.Tensor, first: str, reuse: bool) -> tuple:
     """Features of flattened (N, F) rows, and the per-row quantities the gradient needs.
 
-    With ``reuse`` the two (N, F) temporaries are written into
-    :func:`dagmm.fused.buffer` s (reused from batch to batch when scoring);
+    With ``reuse`` the two (N, F) temporaries are written into buffers from
+    :func:`dagmm.fused.buffer` (reused from batch to batch when scoring);
     never when they are kept for a backward or autograd records the ops.
     """
     x_norm = torch.linalg.vector_norm(x, dim=1)
