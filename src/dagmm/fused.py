@@ -22,8 +22,9 @@ scoring uses); the others train as plain modules, whose forward is the same
 arithmetic and whose backward torch runs faster from C++.
 
 ``tanh`` is computed as ``2 * sigmoid(2 x) - 1`` (the factor 2 folded into the
-layer's product): the same function, about 2.5 times faster than ``torch.tanh``
-on CPUs whose vectorised ``tanh`` is slow, with an absolute difference below
+layer's product): the same function, faster than ``torch.tanh`` on CPUs whose
+vectorised ``tanh`` is slow (about half the time on 1024 x 60 here, see
+``benchmarks/results/NOTES-speed.md``), with an absolute difference below
 ``3e-7`` in float32 (see ``tests/test_fused.py``).
 """
 

@@ -12,7 +12,6 @@ factor of each covariance, a triangular solve for the precision factor, and a
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple, Union
 
@@ -74,12 +73,16 @@ class GMMStats(NamedTuple):
     shift: torch.Tensor
 
 
-@functools.lru_cache(maxsize=32)
-def _outer_index(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column indices (i, j) of the row-major D x D outer product, each (D*D,)."""
-    with torch.inference_mode(False):  # cached: must be usable by autograd later
-        idx = torch.arange(d, device=device)
-        return idx.repeat_interleave(d), idx.repeat(d)
+def _moment_features(zt: torch.Tensor) -> torch.Tensor:
+    """``[1, zc, zc (x) zc]`` per column of a (D, N) matrix: (1 + D + D*D, N).
+
+    Row ``1 + D + d*D + e`` is ``zc_d * zc_e``.  Rows of the batch run along
+    the last, contiguous axis: with D this small, products and reductions
+    over a short innermost axis cost several times more than laid out this way.
+    """
+    d, n = zt.shape
+    outer = (zt[:, None, :] * zt[None, :, :]).reshape(d * d, n)  # (D*D, N)
+    return torch.cat([torch.ones_like(zt[:1]), zt, outer], 0)
 
 
 def _weighted_moments(zc: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -91,12 +94,7 @@ def _weighted_moments(zc: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     replaces the (N, K, D) intermediates of the textbook formula; its
     backward is one product as well.
     """
-    rows, cols = _outer_index(zc.shape[1], zc.device)
-    # column d*D + e is zc_d * zc_e; two gathers are cheaper than a broadcast
-    # product, whose backward reduces over tiny axes
-    outer = zc.index_select(1, rows) * zc.index_select(1, cols)  # (N, D*D)
-    feats = torch.cat([torch.ones_like(zc[:, :1]), zc, outer], dim=1)  # (N, 1 + D + D*D)
-    return gamma.T @ feats  # (K, 1 + D + D*D)
+    return gamma.T @ _moment_features(zc.T).T  # (K, 1 + D + D*D)
 
 
 def _params_from_moments(moments: torch.Tensor, n: Union[float, torch.Tensor], shift: torch.Tensor) -> GMMParams:
@@ -260,22 +258,22 @@ def gmm_log_prob(
     (N, K) float64 tensor of weighted log-densities (a transposed view of a
     (K, N) result).
     """
-    return _log_prob_t(z, phi, mu, prec_chol).T
+    return _log_prob_t(z.T, phi, mu, prec_chol).T
 
 
-def _log_prob_t(z: torch.Tensor, phi: torch.Tensor, mu: torch.Tensor, prec_chol: torch.Tensor) -> torch.Tensor:
-    """:func:`gmm_log_prob` laid out (K, N): rows of the batch along the contiguous axis.
+def _log_prob_t(zt: torch.Tensor, phi: torch.Tensor, mu: torch.Tensor, prec_chol: torch.Tensor) -> torch.Tensor:
+    """:func:`gmm_log_prob` of a (D, N) ``zt``, laid out (K, N): rows of the batch along the contiguous axis.
 
     With K and D this small, sums and broadcasts over a short innermost axis
     cost several times the same arithmetic laid out this way.
     """
-    d = z.shape[1]
+    d = zt.shape[0]
     k = prec_chol.shape[0]
     prec_t = prec_chol.transpose(1, 2)  # (K, D, D): P_k^T
     # P_k^T (z - mu_k) = P_k^T z - P_k^T mu_k, and the P_k^T stacked form one
     # (K*D, D) matrix: a single product serves every component.
     offset = (prec_t @ mu[:, :, None]).reshape(k * d, 1)  # (K*D, 1)
-    proj = torch.addmm(offset, prec_t.reshape(k * d, d), z.T.to(prec_chol.dtype), beta=-1.0)  # (K*D, N)
+    proj = torch.addmm(offset, prec_t.reshape(k * d, d), zt.to(prec_chol.dtype), beta=-1.0)  # (K*D, N)
     maha = proj.square().view(k, d, -1).sum(1)  # (K, N)
     log_det_prec = torch.log(torch.diagonal(prec_chol, dim1=-2, dim2=-1)).sum(-1)  # (K,)
     log_phi = torch.log(phi.clamp_min(torch.finfo(phi.dtype).tiny))
@@ -287,7 +285,7 @@ def sample_energy(
     z: torch.Tensor, phi: torch.Tensor, mu: torch.Tensor, prec_chol: torch.Tensor
 ) -> torch.Tensor:
     """Sample energy ``E(z) = -log sum_k phi_k N(z; mu_k, cov_k)``, shape (N,), float64."""
-    return -torch.logsumexp(_log_prob_t(z, phi, mu, prec_chol), dim=0)
+    return -torch.logsumexp(_log_prob_t(z.T, phi, mu, prec_chol), dim=0)
 
 
 def cov_diag_penalty(cov: torch.Tensor, eps: float = 0.0) -> torch.Tensor:

@@ -33,15 +33,13 @@ moments of ``gamma``) and two small products, never an (N, K, D, D) tensor.
 
 from __future__ import annotations
 
-import math
 
 import torch
 
-from .gmm import _params_from_moments, cholesky_with_jitter, precision_cholesky
+from .gmm import _log_prob_t, _moment_features, _params_from_moments, cholesky_with_jitter, precision_cholesky
 
 __all__ = ["mixture_objective"]
 
-_LOG_2PI = math.log(2.0 * math.pi)
 _TINY = torch.finfo(torch.float64).tiny
 
 
@@ -74,13 +72,6 @@ def mixture_objective(
     return _MixtureObjective.apply(z, gamma, float(w_energy), float(w_cov_diag), float(cov_eps))
 
 
-def _features(zc: torch.Tensor) -> torch.Tensor:
-    """``[1, zc, zc (x) zc]`` per column, (1 + D + D*D, N): every moment comes from one product with it."""
-    d, n = zc.shape
-    outer = (zc[:, None, :] * zc[None, :, :]).reshape(d * d, n)  # (D*D, N), row d*D + e is zc_d zc_e
-    return torch.cat([torch.ones_like(zc[:1]), zc, outer], 0)
-
-
 # Rows of the batch run along the last, contiguous axis throughout ("(D, N)" rather
 # than "(N, D)"): with D and K this small, reductions and broadcasts over a short
 # innermost axis cost several times more than the same arithmetic laid out this way.
@@ -92,20 +83,12 @@ class _MixtureObjective(torch.autograd.Function):
         gt = gamma.T.double().contiguous()  # (K, N)
         # Moments about the batch mean: no cancellation in the second moment.
         zc = zt - zt.mean(1, keepdim=True)  # (D, N)
-        feats = _features(zc)  # (1 + D + D*D, N)
+        feats = _moment_features(zc)  # (1 + D + D*D, N)
         moments = gt @ feats.T  # (K, 1 + D + D*D)
         phi, mu_c, cov = _params_from_moments(moments, float(n), zc.new_zeros(d))
         chol, eps = cholesky_with_jitter(cov, cov_eps)
         prec = precision_cholesky(chol)  # (K, D, D), prec prec^T = (cov + eps I)^-1
-        k = prec.shape[0]
-        prec_t = prec.transpose(1, 2)
-        # P_k^T (zc_i - mu_k) for every k from one product with the P_k^T stacked
-        proj = torch.addmm((prec_t @ mu_c[:, :, None]).reshape(k * d, 1), prec_t.reshape(k * d, d), zc,
-                           beta=-1.0)  # (K*D, N)
-        maha = proj.square().view(k, d, n).sum(1)  # (K, N)
-        log_phi = torch.log(phi.clamp_min(_TINY))
-        const = log_phi + torch.log(torch.diagonal(prec, dim1=-2, dim2=-1)).sum(-1) - 0.5 * d * _LOG_2PI  # (K,)
-        log_p = const[:, None] - 0.5 * maha  # (K, N)
+        log_p = _log_prob_t(zc, phi, mu_c, prec)  # (K, N), the same formula as scoring's energy
         lse = torch.logsumexp(log_p, 0)  # (N,)
         diag = torch.diagonal(cov, dim1=-2, dim2=-1) + eps  # (K, D)
         value = w_energy * (-lse.mean()) + w_cov_diag * diag.reciprocal().sum()

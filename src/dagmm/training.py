@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from torch import nn
+from torch.optim import optimizer as _opt
 
 from .gmm import CholeskyError
 
@@ -77,8 +78,6 @@ class LeanAdam(torch.optim.Adam):
         super().add_param_group(param_group)
 
     def _hooked(self) -> bool:
-        from torch.optim import optimizer as _opt
-
         return bool(self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
                     or _opt._global_optimizer_pre_hooks or _opt._global_optimizer_post_hooks)
 
