@@ -23,6 +23,8 @@ def _stacks():
                                                           nn.Tanh()), (40, 12)),
         "flatten / unflatten": (nn.Sequential(nn.Flatten(), mlp([12, 6, 4], nn.Tanh)), (40, 3, 4)),
         "unflatten last": (nn.Sequential(mlp([4, 6, 12], nn.Tanh), nn.Unflatten(1, (3, 4))), (40, 4)),
+        "softmax tail without bias": (nn.Sequential(nn.Linear(12, 6), nn.Tanh(), nn.Linear(6, 4, bias=False),
+                                                    nn.Softmax(dim=1)), (40, 12)),
         "activation first, no bias, identity": (
             nn.Sequential(nn.Tanh(), nn.Linear(12, 6, bias=False), nn.Identity(), nn.Tanh(), nn.Linear(6, 2)), (40, 12)),
     }

@@ -193,6 +193,11 @@ def _dropout_mask(h: torch.Tensor, prob: float) -> torch.Tensor:
     return torch.rand_like(h).add_(keep).floor_().div_(keep)
 
 
+def _softmax_tail(spec: tuple, i: int) -> bool:
+    """Whether op ``i`` is a Linear followed only by the closing Softmax."""
+    return i + 2 == len(spec) and spec[i + 1][0] == _SOFTMAX
+
+
 def _forward(h: torch.Tensor, spec: tuple, ops: list, keep: bool) -> tuple[torch.Tensor, list]:
     """Run the stack; with ``keep`` also return what the backward needs, one entry per op."""
     saved: list = []
@@ -200,6 +205,16 @@ def _forward(h: torch.Tensor, spec: tuple, ops: list, keep: bool) -> tuple[torch
     owned = False
     for i, (kind, prob) in enumerate(spec):
         m = ops[i][1]
+        if kind == _LINEAR and _softmax_tail(spec, i):
+            # A softmax over a short last axis costs several times one over the first:
+            # the last product is laid out (out, N), the result is its transposed view.
+            if m.bias is None:
+                out_t = torch.mm(m.weight, h.t())  # (out, N)
+            else:
+                out_t = torch.addmm(m.bias[:, None], m.weight, h.t())  # (out, N)
+            y_t = torch.softmax(out_t, 0)  # (out, N)
+            saved += [h if keep else None, y_t if keep else None]
+            return y_t.t(), saved
         if kind == _LINEAR:
             # tanh(a) = 2 sigmoid(2a) - 1: the inner 2 costs nothing inside the product
             scale = 2.0 if i + 1 < len(spec) and spec[i + 1][0] == _TANH else 1.0
@@ -258,7 +273,18 @@ class _FusedStack(torch.autograd.Function):
         g = grad
         for i in range(len(spec) - 1, -1, -1):
             kind, prob = spec[i]
-            if kind == _LINEAR:
+            if kind == _LINEAR and _softmax_tail(spec, i):
+                m = ops[i][1]
+                # g is the (out, N) gradient of the transposed product, see _forward
+                gb = g.sum(1) if m.bias is not None else None
+                gw = g.mm(saved[i])  # (out, in)
+                param_grads.append((gw, gb))
+                if i > first_param or need[0]:
+                    g = g.t().mm(m.weight)  # (N, in)
+                else:
+                    g = None
+                    break
+            elif kind == _LINEAR:
                 m = ops[i][1]
                 a = saved[i]
                 gb = g.sum(0) if m.bias is not None else None
@@ -278,6 +304,8 @@ class _FusedStack(torch.autograd.Function):
                 g = _aten.threshold_backward(g, saved[i], 0)
             elif kind == _SIGMOID:
                 g = _aten.sigmoid_backward(g, saved[i])
+            elif i > 0 and _softmax_tail(spec, i - 1):  # saved (out, N), see _forward
+                g = _aten._softmax_backward_data(g.t().contiguous(), saved[i], 0, saved[i].dtype)  # (out, N)
             else:  # _SOFTMAX
                 g = _aten._softmax_backward_data(g, saved[i], 1, saved[i].dtype)
         grads: list = []

@@ -272,7 +272,7 @@ def _log_prob_t(zt: torch.Tensor, phi: torch.Tensor, mu: torch.Tensor, prec_chol
     prec_t = prec_chol.transpose(1, 2)  # (K, D, D): P_k^T
     # P_k^T (z - mu_k) = P_k^T z - P_k^T mu_k, and the P_k^T stacked form one
     # (K*D, D) matrix: a single product serves every component.
-    offset = (prec_t @ mu[:, :, None]).reshape(k * d, 1)  # (K*D, 1)
+    offset = torch.bmm(prec_t, mu[:, :, None]).view(k * d, 1)  # (K*D, 1)
     proj = torch.addmm(offset, prec_t.reshape(k * d, d), zt.to(prec_chol.dtype), beta=-1.0)  # (K*D, N)
     maha = proj.square().view(k, d, -1).sum(1)  # (K, N)
     log_det_prec = torch.log(torch.diagonal(prec_chol, dim1=-2, dim2=-1)).sum(-1)  # (K,)

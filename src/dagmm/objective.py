@@ -79,8 +79,9 @@ class _MixtureObjective(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, gamma, w_energy, w_cov_diag, cov_eps):
         n, d = z.shape
-        zt = z.T.double().contiguous()  # (D, N)
-        gt = gamma.T.double().contiguous()  # (K, N)
+        # one pass each: transposed, cast to float64 and made contiguous by a single copy
+        zt = z.new_empty((d, n), dtype=torch.float64).copy_(z.T)  # (D, N)
+        gt = gamma.new_empty((gamma.shape[1], n), dtype=torch.float64).copy_(gamma.T)  # (K, N)
         # Moments about the batch mean: no cancellation in the second moment.
         zc = zt - zt.mean(1, keepdim=True)  # (D, N)
         feats = _moment_features(zc)  # (1 + D + D*D, N)
@@ -106,31 +107,31 @@ class _MixtureObjective(torch.autograd.Function):
         grad = grad.double()
         w = grad * (w_energy / n)
         r = torch.exp(log_p - lse)  # (K, N) posterior responsibilities
-        mom_r = r @ feats.T  # (K, 1 + D + D*D)
-        big_r = mom_r[:, 0]  # (K,)
-        m1 = mom_r[:, 1:1 + d]  # (K, D)
-        m2 = mom_r[:, 1 + d:].reshape(k, d, d)  # (K, D, D)
-        a_inv = prec @ prec.transpose(1, 2)  # (K, D, D), (cov + eps I)^-1
+        mom_r = r @ feats.T  # (K, 1 + D + D*D): moments of r, as the forward's of gamma
+        big_r = mom_r[:, :1]  # (K, 1)
         c = mu_c  # (K, D), means about the batch mean
-        cr = c * big_r[:, None]  # (K, D)
-        # sum_i r_ik (zc_i - c_k)(zc_i - c_k)^T from the moments of r
-        s_r = m2 - m1[:, :, None] * c[:, None, :] - c[:, :, None] * m1[:, None, :] + cr[:, :, None] * c[:, None, :]
-        ry = (a_inv @ (m1 - cr)[:, :, None]).squeeze(2)  # (K, D): sum_i r_ik y_ik
-        ryy = a_inv @ s_r @ a_inv  # (K, D, D): sum_i r_ik y_ik y_ik^T
-        g_phi = torch.where(phi > _TINY, -w * big_r / phi.clamp_min(_TINY), torch.zeros_like(phi))  # (K,)
-        g_mu = -w * ry  # (K, D)
-        g_cov = 0.5 * w * (big_r[:, None, None] * a_inv - ryy)  # (K, D, D)
-        g_cov = g_cov - torch.diag_embed(grad * w_cov_diag / diag.square())
-        gc = (g_cov @ c[:, :, None]).squeeze(2)  # (K, D)
-        # dJ/dz_i = sum_j u_ji (M_j zc_i + b_j) over the 2K pairs (w r, A^-1) and (gamma / S, 2 G)
-        u = torch.cat([w * r, gt / s[:, None]], 0)  # (2K, N)
-        mats = torch.cat([a_inv, 2.0 * g_cov], 0)  # (2K, D, D), symmetric
-        offsets = torch.cat([-(a_inv @ c[:, :, None]).squeeze(2), g_mu - 2.0 * gc], 0)  # (2K, D)
-        q = (mats.reshape(2 * k * d, d) @ zc).view(2 * k, d, n)  # (2K, D, N)
-        grad_z = (q * u[:, None, :]).sum(0) + offsets.T @ u  # (D, N)
-        const = g_phi / n - (c * g_mu).sum(1) / s + ((c * gc).sum(1) - (g_cov * cov).sum((1, 2))) / s  # (K,)
-        lin = (g_mu - 2.0 * gc) / s[:, None]  # (K, D)
-        quad = g_cov.reshape(k, d * d) / s[:, None]  # (K, D*D)
-        grad_gamma = torch.cat([const[:, None], lin, quad], 1) @ feats  # (K, N)
+        a_inv = torch.bmm(prec, prec.transpose(1, 2))  # (K, D, D), (cov + eps I)^-1
+        v = torch.addcmul(mom_r[:, 1:1 + d], big_r, c, value=-1.0)  # (K, D): sum_i r_ik (zc_i - c_k)
+        # sum_i r_ik (zc_i - c_k)(zc_i - c_k)^T = m2 - m1 c^T - c v^T, the last two as one product
+        s_r = torch.baddbmm(mom_r[:, 1 + d:].view(k, d, d), torch.stack([mom_r[:, 1:1 + d], c], 2),
+                            torch.stack([c, v], 1), alpha=-1.0)  # (K, D, D)
+        a_v = torch.bmm(a_inv, torch.stack([v, c], 2))  # (K, D, 2): sum_i r_ik y_ik and A^-1 c
+        # dJ/dSigma = w/2 (R A^-1 - A^-1 S_r A^-1) - lambda_2 diag(1 / Sigma_jj^2)
+        g_cov = torch.baddbmm(a_inv * big_r[:, :, None], torch.bmm(a_inv, s_r), a_inv, alpha=-1.0).mul_(0.5 * w)
+        g_cov.diagonal(dim1=1, dim2=2).sub_(diag.square().reciprocal_().mul_(grad * w_cov_diag))
+        g_mu = a_v[:, :, 0] * -w  # (K, D)
+        gc = torch.bmm(g_cov, c[:, :, None])[:, :, 0]  # (K, D)
+        # dJ/d(moments of gamma) (K, 1 + D + D*D), see the module docstring: its product with
+        # [1, zc, zc (x) zc] is dJ/dgamma, and the r-weighted quadratic form of the energy
+        # gives the direct dJ/dzc through the same features.
+        g_phi = torch.where(s > _TINY * n, big_r[:, 0], 0.0) * -w  # (K,): S_k dJ/dphi_k / N
+        const = g_phi + (c * (gc - g_mu)).sum(1) - (g_cov * cov).sum((1, 2))  # (K,)
+        g_mom = torch.cat([const[:, None], g_mu - 2.0 * gc, g_cov.view(k, d * d)], 1) / s[:, None]  # (K, 1+D+D*D)
+        grad_gamma = g_mom @ feats  # (K, N)
+        # dJ/d[zc, zc (x) zc] from the two routes: (K, D + D*D) coefficients for r and gamma
+        coef = torch.cat([torch.cat([a_v[:, :, 1], -0.5 * a_inv.view(k, d * d)], 1) * -w, g_mom[:, 1:]], 0)  # (2K, D+D*D)
+        h = coef.T @ torch.cat([r, gt], 0)  # (D + D*D, N)
+        # symmetric quadratic coefficients: d/dzc of zc^T H zc is 2 H zc
+        grad_z = h[:d] + 2.0 * (h[d:].view(d, d, n) * zc[None, :, :]).sum(1)  # (D, N)
         z_dtype, g_dtype = ctx.dtypes
         return grad_z.T.to(z_dtype), grad_gamma.T.to(g_dtype), None, None, None
