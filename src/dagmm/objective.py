@@ -34,8 +34,8 @@ algebra needs only the moments of ``r`` (one product), ``dJ/dgamma`` is the
 product), and ``dJ/dz`` is ``h_1 + 2 H_2 zc`` where ``[h_1, H_2]`` is one
 product of the linear and quadratic coefficients (of ``-w r`` through the
 energy's quadratic form, and of ``gamma`` through the moments) with ``[r;
-gamma]``.  No (N, K, D, D) tensor is formed; about 85 tensor operations in
-all, where autograd through :mod:`dagmm.gmm` records several hundred.
+gamma]``.  No (N, K, D, D) tensor is formed; the backward is about 85 tensor
+operations, where autograd through :mod:`dagmm.gmm` records several hundred.
 """
 
 from __future__ import annotations
