@@ -22,7 +22,8 @@ scoring uses); the others train as plain modules, whose forward is the same
 arithmetic and whose backward torch runs faster from C++.
 
 A closing ``Linear`` + ``Softmax`` is computed laid out (out, N), where the
-softmax runs over the first, long axis (about five times faster at 1024 x 4);
+softmax runs over the first, long axis (about five times faster at 1024 x 4,
+``benchmarks/results/NOTES-speed.md``);
 the result is the transposed view of that (N, out) tensor, so it is not
 contiguous (``.reshape`` works on it, ``.view`` does not).
 

@@ -191,13 +191,8 @@ def build_module(desc: Any, supplied: Mapping[str, Any], where: str = "network")
     if not isinstance(desc, Mapping):
         raise ValueError(f"config.json: {where} must be an object, got {type(desc).__name__}.")
     if "custom" in desc:
-        arg = desc.get("argument")
-        if supplied.get(arg) is None:
-            raise ValueError(
-                f"The saved detector uses a custom module {desc['custom']} ({where}) that dagmm cannot rebuild; "
-                f"pass a fresh instance: load_detector(path, {arg}=...)."
-            )
-        return supplied[arg]
+        return _supplied(desc, supplied, f"custom module {desc['custom']} ({where}) that dagmm cannot rebuild; "
+                                         "pass a fresh instance")
     kind = desc.get("type")
     if kind in _PARTS:
         klass, parts = _PARTS[kind]
@@ -233,6 +228,14 @@ def build_module(desc: Any, supplied: Mapping[str, Any], where: str = "network")
         raise ValueError(f"config.json: cannot build {kind} ({where}) with arguments {args}: {err}") from None
 
 
+def _supplied(desc: Mapping, supplied: Mapping, what: str) -> Any:
+    """The user's object for a ``custom`` entry, or an error saying which load_detector argument to pass."""
+    arg = desc.get("argument")
+    if supplied.get(arg) is None:
+        raise ValueError(f"The saved detector uses a {what}: load_detector(path, {arg}=...).")
+    return supplied[arg]
+
+
 def _part(desc: Mapping, attr: str, arg: str, supplied: Mapping, where: str) -> nn.Module:
     if supplied.get(arg) is not None:
         return supplied[arg]  # the user's instance wins over the description
@@ -246,13 +249,8 @@ def build_callable(desc: Any, supplied: Mapping[str, Any]) -> Callable:
     if not isinstance(desc, Mapping):
         raise ValueError(f"config.json: a callable entry must be an object, got {desc!r}.")
     if "custom" in desc:
-        arg = desc.get("argument")
-        if supplied.get(arg) is None:
-            raise ValueError(
-                f"The saved detector uses a custom function {desc['custom']} for {arg} that is not saved in files; "
-                f"pass it again: load_detector(path, {arg}=...)."
-            )
-        return supplied[arg]
+        return _supplied(desc, supplied, f"custom function {desc['custom']} for {desc.get('argument')} that is "
+                                         "not saved in files; pass it again")
     name = desc.get("callable")
     if name not in CALLABLES:
         raise ValueError(f"config.json names unknown function {name!r}; known: {sorted(CALLABLES)}.")
