@@ -1,9 +1,18 @@
-"""The closed-form gradient of the mixture objective against autograd through dagmm.gmm."""
+"""The closed-form gradient of the mixture objective against autograd through dagmm.gmm.
+
+Every test runs on both implementations: the torch code of ``dagmm.objective``
+and the optional C kernel (``dagmm._native``), which CI requires to be built
+(``DAGMM_REQUIRE_NATIVE=1`` in ``.ci/run``).
+"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+import dagmm.objective as objective
 
 from dagmm.gmm import (
     CholeskyError,
@@ -14,6 +23,16 @@ from dagmm.gmm import (
     sample_energy,
 )
 from dagmm.objective import mixture_objective
+
+
+@pytest.fixture(params=["torch", "native"], autouse=True)
+def backend(request, monkeypatch):
+    if request.param == "native" and not objective.native_available():
+        if os.environ.get("DAGMM_REQUIRE_NATIVE") == "1":
+            pytest.fail("DAGMM_REQUIRE_NATIVE=1 but dagmm._native was not built (is a C compiler installed?)")
+        pytest.skip("dagmm._native was not built (no C compiler at install); the torch path is tested")
+    monkeypatch.setattr(objective, "use_native", request.param == "native")
+    return request.param
 
 
 def _reference(z, gamma, w_energy, w_cov_diag, cov_eps):
@@ -74,3 +93,48 @@ def test_non_finite_latent_raises_cholesky_error():
         z[3, 1] = float("nan")
     with pytest.raises(CholeskyError, match="NaN or inf"):
         mixture_objective(z, gamma, 0.1, 0.005)
+
+
+def test_cholesky_failure_message_names_components_and_jitter():
+    z, gamma = _inputs(40, 3, 3)
+    with torch.no_grad():
+        z[:, 2] = float("inf")
+    with pytest.raises(CholeskyError) as err:
+        mixture_objective(z, gamma, 0.1, 0.005, 1e-6)
+    assert str(err.value) == (
+        "Cholesky factorisation of the GMM covariance failed for component(s) [0, 1, 2] even with diagonal "
+        "jitter 1.0e+00 (the covariance contains NaN or inf: training diverged). Try a larger `cov_eps`, a "
+        "larger `batch_size`, fewer components (`n_gmm`), a lower learning rate, or standardising the input features."
+    )
+
+
+def test_strided_memberships_light_component_and_scaled_gradient():
+    # gamma as the fused softmax tail returns it (a transposed view), a component with little
+    # mass (~0.03 of the batch's 120), and an incoming gradient other than 1
+    z, _ = _inputs(120, 3, 1)
+    logits = 3 * torch.randn(3, 120, dtype=torch.float64)
+    logits[1] -= 8.0
+    gamma = torch.softmax(logits, 0).T.detach().requires_grad_(True)  # (N, K), strides (1, N)
+    assert not gamma.is_contiguous()
+    ref = _reference(z, gamma, 0.1, 0.005, 1e-6)
+    got = mixture_objective(z, gamma, 0.1, 0.005, 1e-6)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(-2.5 * got, [z, gamma]), torch.autograd.grad(-2.5 * ref, [z, gamma])):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * b.abs().max().item())
+
+
+def test_native_kernel_agrees_with_the_torch_code(backend):
+    if backend != "native":
+        pytest.skip("compares the C kernel with the torch code")
+    z, gamma = _inputs(1024, 3, 4, dtype=torch.float32)
+    results = []
+    for flag in (True, False):
+        objective.use_native = flag
+        zz, gg = z.detach().clone().requires_grad_(True), gamma.detach().clone().requires_grad_(True)
+        value = mixture_objective(zz, gg, 0.1, 0.005)
+        value.backward()
+        results.append((value, zz.grad, gg.grad))
+    (v1, gz1, gg1), (v2, gz2, gg2) = results
+    torch.testing.assert_close(v1, v2, rtol=1e-12, atol=0)
+    torch.testing.assert_close(gz1, gz2, rtol=1e-5, atol=1e-6 * gz2.abs().max().item())
+    torch.testing.assert_close(gg1, gg2, rtol=1e-5, atol=1e-6 * gg2.abs().max().item())

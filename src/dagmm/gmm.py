@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+# tenfold increases of the Cholesky jitter tried before giving up
+_JITTER_TRIES = 6
 
 
 class CholeskyError(RuntimeError):
@@ -183,7 +185,7 @@ def gmm_params_from_stats(stats: GMMStats) -> GMMParams:
 
 
 def cholesky_with_jitter(
-    cov: torch.Tensor, eps: float = 1e-6, max_tries: int = 6
+    cov: torch.Tensor, eps: float = 1e-6, max_tries: int = _JITTER_TRIES
 ) -> tuple[torch.Tensor, float]:
     """Cholesky factors of ``cov + eps * I``, raising ``eps`` tenfold on failure.
 
@@ -214,11 +216,15 @@ def cholesky_with_jitter(
         if not bool((info != 0).any()):
             return chol, jitter
         jitter *= 10.0
-    bad = torch.nonzero(info != 0).flatten().tolist()
-    finite = bool(torch.isfinite(cov).all())
-    raise CholeskyError(
+    raise _cholesky_failure(torch.nonzero(info != 0).flatten().tolist(), jitter / 10.0,
+                            bool(torch.isfinite(cov).all()))
+
+
+def _cholesky_failure(bad: list, jitter: float, finite: bool) -> CholeskyError:
+    """The error for components ``bad`` still singular with the largest ``jitter`` tried."""
+    return CholeskyError(
         f"Cholesky factorisation of the GMM covariance failed for component(s) {bad} "
-        f"even with diagonal jitter {jitter / 10.0:.1e}"
+        f"even with diagonal jitter {jitter:.1e}"
         + ("" if finite else " (the covariance contains NaN or inf: training diverged)")
         + ". Try a larger `cov_eps`, a larger `batch_size`, fewer components (`n_gmm`), "
         "a lower learning rate, or standardising the input features."

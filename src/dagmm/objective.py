@@ -40,12 +40,26 @@ operations, where autograd through :mod:`dagmm.gmm` records several hundred.
 
 from __future__ import annotations
 
+import os
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from .gmm import _log_prob_t, _moment_features, _params_from_moments, cholesky_with_jitter, precision_cholesky
+from .gmm import (_JITTER_TRIES, _cholesky_failure, _log_prob_t, _moment_features, _params_from_moments,
+                  cholesky_with_jitter, precision_cholesky)
 
-__all__ = ["mixture_objective"]
+try:  # the optional C kernel (src/dagmm/_native.c), built at install where a C compiler exists
+    from . import _native
+except ImportError:  # pragma: no cover - depends on the build
+    _native = None
+
+__all__ = ["mixture_objective", "native_available", "use_native"]
+
+#: Whether CPU batches go through the C kernel when it is built (``DAGMM_NATIVE=0``
+#: in the environment turns it off at import; tests and A/B timings flip it).
+use_native: bool = os.environ.get("DAGMM_NATIVE", "1") != "0"
+
+_FLOATS = (torch.float32, torch.float64)
 
 _TINY = torch.finfo(torch.float64).tiny
 
@@ -75,8 +89,52 @@ def mixture_objective(
     ------
     dagmm.gmm.CholeskyError
         If a covariance stays singular with every jitter tried.
+
+    Notes
+    -----
+    On CPU, when the optional C kernel was built (:func:`native_available`)
+    and :data:`use_native` is set, value and gradients come from it: the same
+    formulas in float64, in three passes over the rows instead of some 160
+    tensor operations (``tests/test_objective.py`` compares the two).
     """
-    return _MixtureObjective.apply(z, gamma, float(w_energy), float(w_cov_diag), float(cov_eps))
+    args = (float(w_energy), float(w_cov_diag), float(cov_eps))
+    if (use_native and _native is not None and z.device.type == "cpu" and gamma.device.type == "cpu"
+            and z.dtype in _FLOATS and gamma.dtype in _FLOATS and z.dim() == 2 and gamma.dim() == 2
+            and z.shape[0] == gamma.shape[0] and z.shape[0] > 0 and z.shape[1] > 0 and gamma.shape[1] > 0):
+        return _NativeObjective.apply(z, gamma, *args)
+    return _MixtureObjective.apply(z, gamma, *args)
+
+
+def native_available() -> bool:
+    """Whether the C kernel of the mixture objective was built with this install."""
+    return _native is not None
+
+
+class _NativeObjective(torch.autograd.Function):
+    """:class:`_MixtureObjective` computed by the C kernel; both gradients come from the forward."""
+
+    @staticmethod
+    def forward(ctx, z, gamma, w_energy, w_cov_diag, cov_eps):
+        n, d = z.shape
+        k = gamma.shape[1]
+        grad_z = torch.empty((n, d), dtype=z.dtype)
+        grad_gamma = torch.empty((n, k), dtype=gamma.dtype)
+        value, jitter, bad, finite = _native.mixture_objective(
+            z.data_ptr(), *z.stride(), z.dtype == torch.float64,
+            gamma.data_ptr(), *gamma.stride(), gamma.dtype == torch.float64,
+            grad_z.data_ptr(), grad_gamma.data_ptr(), n, d, k, w_energy, w_cov_diag, cov_eps, _JITTER_TRIES)
+        if bad:
+            raise _cholesky_failure(bad, jitter, finite)
+        ctx.save_for_backward(grad_z, grad_gamma)
+        return torch.tensor(value, dtype=torch.float64)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        grad_z, grad_gamma = ctx.saved_tensors
+        if grad.item() != 1.0:  # loss.backward() passes exactly 1
+            grad_z, grad_gamma = grad_z * grad.to(grad_z.dtype), grad_gamma * grad.to(grad_gamma.dtype)
+        return grad_z, grad_gamma, None, None, None
 
 
 # Rows of the batch run along the last, contiguous axis throughout ("(D, N)" rather

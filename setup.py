@@ -1,0 +1,19 @@
+"""Build hook for the optional C kernel (``dagmm._native``); everything else is in pyproject.toml.
+
+The extension has no dependency beyond the C compiler and Python headers.  It is
+optional: where it cannot be compiled the install goes on without it and dagmm
+uses its pure-torch code paths (same results; see ``dagmm.objective``).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "dagmm._native",
+            sources=["src/dagmm/_native.c"],
+            extra_compile_args=["-O3", "-std=c99", "-fno-fast-math"],
+            optional=True,
+        )
+    ]
+)
