@@ -40,14 +40,6 @@ static inline double at(const strided *m, Py_ssize_t i, Py_ssize_t j)
     return m->is_double ? ((const double *)m->data)[o] : (double)((const float *)m->data)[o];
 }
 
-static inline void put(void *out, int is_double, Py_ssize_t o, double v)
-{
-    if (is_double)
-        ((double *)out)[o] = v;
-    else
-        ((float *)out)[o] = (float)v;
-}
-
 /* Lower Cholesky factor of a + jitter I (d x d, row-major); 0 on success. */
 static int cholesky(const double *a, double jitter, int d, double *l)
 {
@@ -91,88 +83,83 @@ typedef struct {
     int failed, finite;
 } result;
 
-/* Workspace layout, all doubles. */
-typedef struct {
-    double *mean, *s, *m1, *m2, *c, *cov, *l, *li, *ainv, *lconst, *r, *big_r, *rd, *rdd, *g, *gmu, *gconst,
-        *zc, *diff, *u, *tmp;
-    int *bad;
-} work;
-
-static double *carve(double **p, Py_ssize_t count)
+/* sum of a[i] over n doubles; the simd reduction vectorises it */
+static double vsum(const double *restrict a, Py_ssize_t n)
 {
-    double *q = *p;
-    *p += count;
-    return q;
+    double t = 0.0;
+#pragma omp simd reduction(+ : t)
+    for (Py_ssize_t i = 0; i < n; i++)
+        t += a[i];
+    return t;
 }
 
-static int objective(const strided *z, const strided *gm, void *gz, void *gg, Py_ssize_t n, int d, int k,
-                     double w_energy, double w_cov_diag, double eps, int max_tries, result *res, int *bad_out)
+static double vdot(const double *restrict a, const double *restrict b, Py_ssize_t n)
 {
-    const Py_ssize_t dd = (Py_ssize_t)d * d;
-    const Py_ssize_t kd = (Py_ssize_t)k * d, kdd = (Py_ssize_t)k * dd;
-    const Py_ssize_t total = d + k + kd + kdd /* m2 */ + kd /* c */ + 4 * kdd /* cov l li ainv */ + k
-                             + n * k /* r */ + k + kd + kdd /* rdd */ + kdd /* g */ + kd + k + 3 * d + kd + dd;
-    double *block = (double *)calloc((size_t)total, sizeof(double));
-    if (block == NULL)
-        return -1;
-    double *p = block;
-    work w;
-    w.mean = carve(&p, d);
-    w.s = carve(&p, k);
-    w.m1 = carve(&p, kd);
-    w.m2 = carve(&p, kdd);
-    w.c = carve(&p, kd);
-    w.cov = carve(&p, kdd);
-    w.l = carve(&p, kdd);
-    w.li = carve(&p, kdd);
-    w.ainv = carve(&p, kdd);
-    w.lconst = carve(&p, k);
-    w.r = carve(&p, n * k);
-    w.big_r = carve(&p, k);
-    w.rd = carve(&p, kd);
-    w.rdd = carve(&p, kdd);
-    w.g = carve(&p, kdd);
-    w.gmu = carve(&p, kd);
-    w.gconst = carve(&p, k);
-    w.zc = carve(&p, d);
-    w.diff = carve(&p, d);
-    w.u = carve(&p, d);
-    w.tmp = carve(&p, kd + dd);
-    w.bad = bad_out;
-
-    /* pass 1: batch mean, then gamma-weighted moments about it (lower triangle of the second) */
+    double t = 0.0;
+#pragma omp simd reduction(+ : t)
     for (Py_ssize_t i = 0; i < n; i++)
-        for (int a = 0; a < d; a++)
-            w.mean[a] += at(z, i, a);
-    for (int a = 0; a < d; a++)
-        w.mean[a] /= (double)n;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        for (int a = 0; a < d; a++)
-            w.zc[a] = at(z, i, a) - w.mean[a];
-        for (int q = 0; q < k; q++) {
-            double gi = at(gm, i, q);
-            double *m1 = w.m1 + q * d, *m2 = w.m2 + q * dd;
-            w.s[q] += gi;
-            for (int a = 0; a < d; a++) {
-                double ga = gi * w.zc[a];
-                m1[a] += ga;
-                for (int b = 0; b <= a; b++)
-                    m2[a * d + b] += ga * w.zc[b];
-            }
-        }
+        t += a[i] * b[i];
+    return t;
+}
+
+static double vdot3(const double *restrict a, const double *restrict b, const double *restrict c, Py_ssize_t n)
+{
+    double t = 0.0;
+#pragma omp simd reduction(+ : t)
+    for (Py_ssize_t i = 0; i < n; i++)
+        t += a[i] * b[i] * c[i];
+    return t;
+}
+
+/* Rows of the batch run along the innermost axis of every row-level array ((D, N),
+   (K, N)), so that each loop over them is a plain vectorisable loop. */
+static int objective(const strided *z, const strided *gm, void *gz, void *gg, Py_ssize_t n, int d, int k,
+                     double w_energy, double w_cov_diag, double eps, int max_tries, result *res, int *bad)
+{
+    const Py_ssize_t dd = (Py_ssize_t)d * d, kd = (Py_ssize_t)k * d, kdd = (Py_ssize_t)k * dd;
+    /* row-level: zc, diff, acc_z (D, N); gamma, r (K, N); eight (N,) temporaries */
+    double *rows = (double *)malloc(sizeof(double) * (size_t)n * (size_t)(3 * d + 2 * k + 8));
+    /* K-level: s, lconst, big_r, gconst (K); c, rd, gmu (K, D); cov, l, li, ainv, rdd, g (K, D, D); t1 (D, D) */
+    double *small = (double *)calloc((size_t)(4 * k + 3 * kd + 6 * kdd + dd + d), sizeof(double));
+    if (rows == NULL || small == NULL) {
+        free(rows);
+        free(small);
+        return -1;
     }
-    /* mixture parameters; a component with no mass gets a tiny floor, as in dagmm.gmm */
+    double *zc = rows, *diff = zc + d * n, *acc_z = diff + d * n, *gam = acc_z + d * n, *r = gam + k * n;
+    double *tmp = r + k * n, *maha = tmp + n, *top = maha + n, *sum_e = top + n, *lse = sum_e + n, *gdiff = lse + n,
+           *lin = gdiff + n, *quad = lin + n;
+    double *s = small, *lconst = s + k, *big_r = lconst + k, *gconst = big_r + k, *c = gconst + k, *rd = c + kd,
+           *gmu = rd + kd, *cov = gmu + kd, *l = cov + kdd, *li = l + kdd, *ainv = li + kdd, *rdd = ainv + kdd,
+           *g = rdd + kdd, *t1 = g + kdd, *mean = t1 + dd;
+
+    /* load, transposed to (D, N) / (K, N) and in float64; moments about the batch mean */
+    for (int a = 0; a < d; a++) {
+        double *za = zc + a * n;
+        for (Py_ssize_t i = 0; i < n; i++)
+            za[i] = at(z, i, a);
+        mean[a] = vsum(za, n) / (double)n;
+#pragma omp simd
+        for (Py_ssize_t i = 0; i < n; i++)
+            za[i] -= mean[a];
+    }
+    for (int q = 0; q < k; q++)
+        for (Py_ssize_t i = 0; i < n; i++)
+            gam[q * n + i] = at(gm, i, q);
     int finite = 1;
     for (int q = 0; q < k; q++) {
-        double sq = w.s[q] > DBL_MIN ? w.s[q] : DBL_MIN;
-        double *c = w.c + q * d, *cov = w.cov + q * dd, *m2 = w.m2 + q * dd;
+        const double *gq = gam + q * n;
+        double *cq = c + q * d, *covq = cov + q * dd;
+        s[q] = vsum(gq, n);
+        /* a component that received no mass gets a tiny floor, as in dagmm.gmm */
+        double sq = s[q] > DBL_MIN ? s[q] : DBL_MIN;
         for (int a = 0; a < d; a++)
-            c[a] = w.m1[q * d + a] / sq;
+            cq[a] = vdot(gq, zc + a * n, n) / sq;
         for (int a = 0; a < d; a++)
             for (int b = 0; b <= a; b++) {
-                double v = m2[a * d + b] / sq - c[a] * c[b];
-                cov[a * d + b] = v;
-                cov[b * d + a] = v;
+                double v = vdot3(gq, zc + a * n, zc + b * n, n) / sq - cq[a] * cq[b];
+                covq[a * d + b] = v;
+                covq[b * d + a] = v;
                 if (!isfinite(v))
                     finite = 0;
             }
@@ -183,8 +170,8 @@ static int objective(const strided *z, const strided *gm, void *gz, void *gg, Py
     for (int t = 0; t <= max_tries; t++) {
         failed = 0;
         for (int q = 0; q < k; q++) {
-            w.bad[q] = cholesky(w.cov + q * dd, jitter, d, w.l + q * dd);
-            failed |= w.bad[q];
+            bad[q] = cholesky(cov + q * dd, jitter, d, l + q * dd);
+            failed |= bad[q];
         }
         if (!failed)
             break;
@@ -195,154 +182,215 @@ static int objective(const strided *z, const strided *gm, void *gz, void *gg, Py
     res->finite = finite;
     res->jitter = jitter;
     if (failed) {
-        free(block);
+        free(rows);
+        free(small);
         return 0;
     }
     const double half_log_2pi = 0.91893853320467274178; /* log(2 pi) / 2 */
     for (int q = 0; q < k; q++) {
-        double *li = w.li + q * dd, *ainv = w.ainv + q * dd;
-        lower_inverse(w.l + q * dd, d, li);
+        double *liq = li + q * dd, *aq = ainv + q * dd;
+        lower_inverse(l + q * dd, d, liq);
         /* (Sigma + eps I)^-1 = L^-T L^-1 */
         for (int a = 0; a < d; a++)
             for (int b = 0; b < d; b++) {
                 double t = 0.0;
-                for (int p2 = (a > b ? a : b); p2 < d; p2++)
-                    t += li[p2 * d + a] * li[p2 * d + b];
-                ainv[a * d + b] = t;
+                for (int p = (a > b ? a : b); p < d; p++)
+                    t += liq[p * d + a] * liq[p * d + b];
+                aq[a * d + b] = t;
             }
-        double phi = w.s[q] / (double)n;
+        double phi = s[q] / (double)n;
         double lc = log(phi > DBL_MIN ? phi : DBL_MIN) - d * half_log_2pi;
         for (int a = 0; a < d; a++)
-            lc += log(li[a * d + a]); /* log det of the precision factor */
-        w.lconst[q] = lc;
+            lc += log(liq[a * d + a]); /* log det of the precision factor */
+        lconst[q] = lc;
     }
 
-    /* pass 2: log-densities, log-sum-exp, responsibilities and their moments about each mean */
-    double lse_sum = 0.0;
+    /* log-densities: ||L^-1 (zc - c_k)||^2 by rows of L^-1, into r (K, N) */
+    for (int q = 0; q < k; q++) {
+        const double *liq = li + q * dd, *cq = c + q * d;
+        double *lp = r + q * n;
+        for (int a = 0; a < d; a++) {
+            const double *za = zc + a * n;
+            double ca = cq[a];
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < n; i++)
+                diff[a * n + i] = za[i] - ca;
+        }
+#pragma omp simd
+        for (Py_ssize_t i = 0; i < n; i++)
+            maha[i] = 0.0;
+        for (int a = 0; a < d; a++) {
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < n; i++)
+                tmp[i] = 0.0;
+            for (int b = 0; b <= a; b++) {
+                const double lab = liq[a * d + b], *db = diff + b * n;
+#pragma omp simd
+                for (Py_ssize_t i = 0; i < n; i++)
+                    tmp[i] += lab * db[i];
+            }
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < n; i++)
+                maha[i] += tmp[i] * tmp[i];
+        }
+        const double lc = lconst[q];
+#pragma omp simd
+        for (Py_ssize_t i = 0; i < n; i++)
+            lp[i] = lc - 0.5 * maha[i];
+    }
+    /* log-sum-exp over components with the maximum taken out; responsibilities from the same exponentials */
     for (Py_ssize_t i = 0; i < n; i++) {
-        double *ri = w.r + i * k;
-        double top = -INFINITY;
-        for (int a = 0; a < d; a++)
-            w.zc[a] = at(z, i, a) - w.mean[a];
-        for (int q = 0; q < k; q++) {
-            const double *c = w.c + q * d, *li = w.li + q * dd;
-            double maha = 0.0;
-            for (int a = 0; a < d; a++) {
-                double t = 0.0;
-                for (int b = 0; b <= a; b++)
-                    t += li[a * d + b] * (w.zc[b] - c[b]);
-                maha += t * t;
-            }
-            ri[q] = w.lconst[q] - 0.5 * maha;
-            if (ri[q] > top)
-                top = ri[q];
+        double m = r[i];
+        for (int q = 1; q < k; q++)
+            m = r[q * n + i] > m ? r[q * n + i] : m;
+        top[i] = isfinite(m) ? m : 0.0;
+        sum_e[i] = 0.0;
+    }
+    for (int q = 0; q < k; q++)
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double e = exp(r[q * n + i] - top[i]);
+            r[q * n + i] = e;
+            sum_e[i] += e;
         }
-        double shift = isfinite(top) ? top : 0.0;
-        double acc = 0.0;
-        for (int q = 0; q < k; q++)
-            acc += exp(ri[q] - shift);
-        double lse = log(acc) + shift;
-        lse_sum += lse;
-        for (int q = 0; q < k; q++) {
-            double rq = exp(ri[q] - lse);
-            const double *c = w.c + q * d;
-            double *rd = w.rd + q * d, *rdd = w.rdd + q * dd;
-            ri[q] = rq;
-            w.big_r[q] += rq;
-            for (int a = 0; a < d; a++) {
-                double da = w.zc[a] - c[a];
-                rd[a] += rq * da;
-                for (int b = 0; b <= a; b++)
-                    rdd[a * d + b] += rq * da * (w.zc[b] - c[b]);
-            }
-        }
+    for (Py_ssize_t i = 0; i < n; i++)
+        lse[i] = log(sum_e[i]) + top[i];
+    for (int q = 0; q < k; q++) {
+        double *rq = r + q * n;
+#pragma omp simd
+        for (Py_ssize_t i = 0; i < n; i++)
+            rq[i] /= sum_e[i];
     }
     double penalty = 0.0;
     for (int q = 0; q < k; q++)
         for (int a = 0; a < d; a++)
-            penalty += 1.0 / (w.cov[q * dd + a * d + a] + jitter);
-    res->value = w_energy * (-lse_sum / (double)n) + w_cov_diag * penalty;
+            penalty += 1.0 / (cov[q * dd + a * d + a] + jitter);
+    res->value = w_energy * (-vsum(lse, n) / (double)n) + w_cov_diag * penalty;
 
-    /* K-level gradient: dJ/dmu, dJ/dSigma (G) and the constant part of dJ/dgamma */
+    /* K-level gradient: dJ/dmu, dJ/dSigma (G) and the row-independent part of dJ/dgamma */
     const double wn = w_energy / (double)n;
     for (int q = 0; q < k; q++) {
-        const double *ainv = w.ainv + q * dd, *rd = w.rd + q * d, *cov = w.cov + q * dd;
-        double *rdd = w.rdd + q * dd, *g = w.g + q * dd, *gmu = w.gmu + q * d, *t1 = w.tmp;
-        for (int a = 0; a < d; a++)
-            for (int b = 0; b < a; b++)
-                rdd[b * d + a] = rdd[a * d + b];
+        const double *rq = r + q * n, *cq = c + q * d, *aq = ainv + q * dd, *covq = cov + q * dd;
+        double *rdq = rd + q * d, *rddq = rdd + q * dd, *gq = g + q * dd, *gmuq = gmu + q * d;
+        /* sum_i r_ik (zc_i - c_k) and sum_i r_ik (zc_i - c_k)(zc_i - c_k)^T */
+        for (int a = 0; a < d; a++) {
+            const double *za = zc + a * n;
+            double ca = cq[a];
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < n; i++)
+                diff[a * n + i] = za[i] - ca;
+        }
+        big_r[q] = vsum(rq, n);
+        for (int a = 0; a < d; a++) {
+            rdq[a] = vdot(rq, diff + a * n, n);
+            for (int b = 0; b <= a; b++) {
+                double v = vdot3(rq, diff + a * n, diff + b * n, n);
+                rddq[a * d + b] = v;
+                rddq[b * d + a] = v;
+            }
+        }
         for (int a = 0; a < d; a++) {
             double t = 0.0;
             for (int b = 0; b < d; b++)
-                t += ainv[a * d + b] * rd[b];
-            gmu[a] = -wn * t;
+                t += aq[a * d + b] * rdq[b];
+            gmuq[a] = -wn * t;
         }
-        /* t1 = A^-1 S_r, then G = w/2 (R A^-1 - t1 A^-1) - lambda_2 diag(1 / Sigma_jj^2) */
+        /* G = w/2 (R A^-1 - A^-1 S_r A^-1) - lambda_2 diag(1 / Sigma_jj^2) */
         for (int a = 0; a < d; a++)
             for (int b = 0; b < d; b++) {
                 double t = 0.0;
-                for (int p2 = 0; p2 < d; p2++)
-                    t += ainv[a * d + p2] * rdd[p2 * d + b];
+                for (int p = 0; p < d; p++)
+                    t += aq[a * d + p] * rddq[p * d + b];
                 t1[a * d + b] = t;
             }
         for (int a = 0; a < d; a++)
             for (int b = 0; b < d; b++) {
                 double t = 0.0;
-                for (int p2 = 0; p2 < d; p2++)
-                    t += t1[a * d + p2] * ainv[p2 * d + b];
-                g[a * d + b] = 0.5 * wn * (w.big_r[q] * ainv[a * d + b] - t);
+                for (int p = 0; p < d; p++)
+                    t += t1[a * d + p] * aq[p * d + b];
+                gq[a * d + b] = 0.5 * wn * (big_r[q] * aq[a * d + b] - t);
             }
         for (int a = 0; a < d; a++) {
-            double sjj = cov[a * d + a] + jitter;
-            g[a * d + a] -= w_cov_diag / (sjj * sjj);
+            double sjj = covq[a * d + a] + jitter;
+            gq[a * d + a] -= w_cov_diag / (sjj * sjj);
         }
-        /* symmetrise: the quadratic forms below assume it, and rounding breaks it slightly */
+        /* exactly symmetric: the quadratic forms below rely on it */
         for (int a = 0; a < d; a++)
             for (int b = 0; b < a; b++) {
-                double v = 0.5 * (g[a * d + b] + g[b * d + a]);
-                g[a * d + b] = v;
-                g[b * d + a] = v;
+                double v = 0.5 * (gq[a * d + b] + gq[b * d + a]);
+                gq[a * d + b] = v;
+                gq[b * d + a] = v;
             }
-        double gphi = w.s[q] > DBL_MIN * (double)n ? -wn * w.big_r[q] : 0.0; /* S_k dJ/dphi_k / N */
+        double gphi = s[q] > DBL_MIN * (double)n ? -wn * big_r[q] : 0.0; /* S_k dJ/dphi_k / N */
         double gc = 0.0;
-        for (int a = 0; a < dd; a++)
-            gc += g[a] * cov[a];
-        w.gconst[q] = gphi - gc;
+        for (Py_ssize_t a = 0; a < dd; a++)
+            gc += gq[a] * covq[a];
+        gconst[q] = gphi - gc;
     }
 
-    /* pass 3: dJ/dz_i = w sum_k r_ik y_ik + sum_k gamma_ik / S_k (dJ/dmu_k + 2 G_k (zc_i - c_k)),
+    /* dJ/dz_i = w sum_k r_ik A_k^-1 (zc_i - c_k) + sum_k gamma_ik / S_k (dJ/dmu_k + 2 G_k (zc_i - c_k)),
        dJ/dgamma_ik = (gconst_k + (zc_i - c_k).dJ/dmu_k + (zc_i - c_k)^T G_k (zc_i - c_k)) / S_k */
-    const int zd = z->is_double, gd = gm->is_double;
-    double *acc = w.u;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const double *ri = w.r + i * k;
+    for (Py_ssize_t j = 0; j < d * n; j++)
+        acc_z[j] = 0.0;
+    for (int q = 0; q < k; q++) {
+        const double *rq = r + q * n, *cq = c + q * d, *aq = ainv + q * dd, *gq = g + q * dd, *gmuq = gmu + q * d;
+        const double sq = s[q] > DBL_MIN ? s[q] : DBL_MIN;
+        double *gamq = gam + q * n;
         for (int a = 0; a < d; a++) {
-            w.zc[a] = at(z, i, a) - w.mean[a];
-            acc[a] = 0.0;
+            const double *za = zc + a * n;
+            double ca = cq[a];
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < n; i++)
+                diff[a * n + i] = za[i] - ca;
         }
-        for (int q = 0; q < k; q++) {
-            const double *c = w.c + q * d, *ainv = w.ainv + q * dd, *g = w.g + q * dd, *gmu = w.gmu + q * d;
-            double sq = w.s[q] > DBL_MIN ? w.s[q] : DBL_MIN;
-            double gi = at(gm, i, q) / sq, rq = wn * ri[q];
-            for (int a = 0; a < d; a++)
-                w.diff[a] = w.zc[a] - c[a];
-            double lin = 0.0, quad = 0.0;
-            for (int a = 0; a < d; a++) {
-                double y = 0.0, gdiff = 0.0;
-                for (int b = 0; b < d; b++) {
-                    y += ainv[a * d + b] * w.diff[b];
-                    gdiff += g[a * d + b] * w.diff[b];
-                }
-                acc[a] += rq * y + gi * (gmu[a] + 2.0 * gdiff);
-                lin += w.diff[a] * gmu[a];
-                quad += w.diff[a] * gdiff;
+#pragma omp simd
+        for (Py_ssize_t i = 0; i < n; i++) {
+            lin[i] = 0.0;
+            quad[i] = 0.0;
+            gamq[i] /= sq;
+        }
+        for (int a = 0; a < d; a++) {
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < n; i++) {
+                tmp[i] = 0.0;
+                gdiff[i] = 0.0;
             }
-            put(gg, gd, i * k + q, (w.gconst[q] + lin + quad) / sq);
+            for (int b = 0; b < d; b++) {
+                const double ab = aq[a * d + b], gab = gq[a * d + b], *db = diff + b * n;
+#pragma omp simd
+                for (Py_ssize_t i = 0; i < n; i++) {
+                    tmp[i] += ab * db[i];
+                    gdiff[i] += gab * db[i];
+                }
+            }
+            const double gma = gmuq[a], *da = diff + a * n;
+            double *za = acc_z + a * n;
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < n; i++) {
+                za[i] += wn * rq[i] * tmp[i] + gamq[i] * (gma + 2.0 * gdiff[i]);
+                lin[i] += da[i] * gma;
+                quad[i] += da[i] * gdiff[i];
+            }
         }
-        for (int a = 0; a < d; a++)
-            put(gz, zd, i * d + a, acc[a]);
+        const double gcq = gconst[q];
+        if (gm->is_double) {
+            double *out = (double *)gg + q * n;
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < n; i++)
+                out[i] = (gcq + lin[i] + quad[i]) / sq;
+        } else {
+            float *out = (float *)gg + q * n;
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < n; i++)
+                out[i] = (float)((gcq + lin[i] + quad[i]) / sq);
+        }
     }
-    free(block);
+    if (z->is_double)
+        memcpy(gz, acc_z, sizeof(double) * (size_t)(d * n));
+    else
+        for (Py_ssize_t j = 0; j < d * n; j++)
+            ((float *)gz)[j] = (float)acc_z[j];
+    free(rows);
+    free(small);
     return 0;
 }
 
@@ -400,8 +448,9 @@ static PyMethodDef methods[] = {
     {"mixture_objective", py_mixture_objective, METH_VARARGS,
      "mixture_objective(z_ptr, z_s0, z_s1, z_f64, g_ptr, g_s0, g_s1, g_f64, gz_ptr, gg_ptr, n, d, k,\n"
      "                  w_energy, w_cov_diag, eps, max_tries) -> (value, jitter, bad, finite)\n\n"
-     "Private to dagmm.objective: raw addresses, no checks. Writes dJ/dz (n, d) and dJ/dgamma (n, k),\n"
-     "contiguous, in the inputs' dtypes; 'bad' lists the components whose Cholesky failed with every jitter."},
+     "Private to dagmm.objective: raw addresses, no checks. Writes dJ/dz as a contiguous (d, n) array and\n"
+     "dJ/dgamma as a contiguous (k, n) array, in the inputs' dtypes; 'bad' lists the components whose\n"
+     "Cholesky failed with every jitter."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -117,15 +117,16 @@ class _NativeObjective(torch.autograd.Function):
     def forward(ctx, z, gamma, w_energy, w_cov_diag, cov_eps):
         n, d = z.shape
         k = gamma.shape[1]
-        grad_z = torch.empty((n, d), dtype=z.dtype)
-        grad_gamma = torch.empty((n, k), dtype=gamma.dtype)
+        # laid out (D, N) and (K, N) like the torch code's arrays; returned as transposed views
+        grad_z = torch.empty((d, n), dtype=z.dtype)
+        grad_gamma = torch.empty((k, n), dtype=gamma.dtype)
         value, jitter, bad, finite = _native.mixture_objective(
             z.data_ptr(), *z.stride(), z.dtype == torch.float64,
             gamma.data_ptr(), *gamma.stride(), gamma.dtype == torch.float64,
             grad_z.data_ptr(), grad_gamma.data_ptr(), n, d, k, w_energy, w_cov_diag, cov_eps, _JITTER_TRIES)
         if bad:
             raise _cholesky_failure(bad, jitter, finite)
-        ctx.save_for_backward(grad_z, grad_gamma)
+        ctx.save_for_backward(grad_z.T, grad_gamma.T)
         return torch.tensor(value, dtype=torch.float64)
 
     @staticmethod
