@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,23 @@ def rng() -> np.random.Generator:
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=["torch", "native"])
+def kernel_backend(request, monkeypatch):
+    """Runs a test on the torch code and on the optional C kernels of ``dagmm.native``.
+
+    Where the kernels were not built the "native" run skips, unless
+    ``DAGMM_REQUIRE_NATIVE=1`` (set by ``.ci/run``) makes it fail.
+    """
+    from dagmm import native
+
+    if request.param == "native" and not native.available():
+        if os.environ.get("DAGMM_REQUIRE_NATIVE") == "1":
+            pytest.fail("DAGMM_REQUIRE_NATIVE=1 but dagmm._native was not built (is a C compiler installed?)")
+        pytest.skip("dagmm._native was not built (no C compiler at install); the torch code is tested")
+    monkeypatch.setattr(native, "enabled", request.param == "native")
+    return request.param
 
 
 @pytest.fixture

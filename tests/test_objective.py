@@ -2,17 +2,16 @@
 
 Every test runs on both implementations: the torch code of ``dagmm.objective``
 and the optional C kernel (``dagmm._native``), which CI requires to be built
-(``DAGMM_REQUIRE_NATIVE=1`` in ``.ci/run``).
+(``DAGMM_REQUIRE_NATIVE=1`` in ``.ci/run``), through the ``kernel_backend``
+fixture of ``conftest.py``.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-import dagmm.objective as objective
+from dagmm import native
 
 from dagmm.gmm import (
     CholeskyError,
@@ -25,14 +24,7 @@ from dagmm.gmm import (
 from dagmm.objective import mixture_objective
 
 
-@pytest.fixture(params=["torch", "native"], autouse=True)
-def backend(request, monkeypatch):
-    if request.param == "native" and not objective.native_available():
-        if os.environ.get("DAGMM_REQUIRE_NATIVE") == "1":
-            pytest.fail("DAGMM_REQUIRE_NATIVE=1 but dagmm._native was not built (is a C compiler installed?)")
-        pytest.skip("dagmm._native was not built (no C compiler at install); the torch path is tested")
-    monkeypatch.setattr(objective, "use_native", request.param == "native")
-    return request.param
+pytestmark = pytest.mark.usefixtures("kernel_backend")
 
 
 def _reference(z, gamma, w_energy, w_cov_diag, cov_eps):
@@ -123,13 +115,13 @@ def test_strided_memberships_light_component_and_scaled_gradient():
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * b.abs().max().item())
 
 
-def test_native_kernel_agrees_with_the_torch_code(backend):
-    if backend != "native":
+def test_native_kernel_agrees_with_the_torch_code(kernel_backend):
+    if kernel_backend != "native":
         pytest.skip("compares the C kernel with the torch code")
     z, gamma = _inputs(1024, 3, 4, dtype=torch.float32)
     results = []
     for flag in (True, False):
-        objective.use_native = flag
+        native.enabled = flag
         zz, gg = z.detach().clone().requires_grad_(True), gamma.detach().clone().requires_grad_(True)
         value = mixture_objective(zz, gg, 0.1, 0.005)
         value.backward()

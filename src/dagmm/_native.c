@@ -1,4 +1,5 @@
-/* Optional C kernel for the mixture objective of DAGMM on CPU tensors.
+/* Optional C kernels for DAGMM's training step on CPU tensors: the mixture objective and the
+ * reconstruction features.
  *
  * Private: dagmm/objective.py calls it with raw data addresses after checking
  * device, dtype, shapes and strides, and falls back to its torch code when this
@@ -444,6 +445,125 @@ static PyObject *py_mixture_objective(PyObject *self, PyObject *args)
     return Py_BuildValue("ddNO", res.value, res.jitter, bad_list, res.finite ? Py_True : Py_False);
 }
 
+/* ---- reconstruction features (dagmm.features): per row of x and x' (both (N, F), contiguous) ----
+   saved[i] = (||x||, ||x'||, ||x' - x||, ||x|| ||x'||, cos), float64, for the backward */
+enum { FEAT_RELATIVE = 0, FEAT_LOG_MSE = 1 };
+
+#define ROW_SUMS(T)                                                                                                  \
+    do {                                                                                                             \
+        const T *xi = (const T *)x + i * f, *ri = (const T *)r + i * f;                                              \
+        _Pragma("omp simd reduction(+ : sx, sr, sxr, sd)") for (Py_ssize_t j = 0; j < f; j++)                       \
+        {                                                                                                            \
+            double xv = xi[j], rv = ri[j], dv = (double)(ri[j] - xi[j]);                                             \
+            sx += xv * xv;                                                                                           \
+            sr += rv * rv;                                                                                           \
+            sxr += xv * rv;                                                                                          \
+            sd += dv * dv;                                                                                           \
+        }                                                                                                            \
+    } while (0)
+
+static void recon_forward(const void *x, const void *r, Py_ssize_t n, Py_ssize_t f, int is_double, int mode,
+                          double eps, double log_eps, void *out, double *saved)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double sx = 0.0, sr = 0.0, sxr = 0.0, sd = 0.0;
+        /* the difference is taken in the inputs' precision, as the torch code's r - x */
+        if (is_double)
+            ROW_SUMS(double);
+        else
+            ROW_SUMS(float);
+        double xn = sqrt(sx), rn = sqrt(sr), err = sqrt(sd), den = xn * rn;
+        double cosv = sxr / (den > eps ? den : eps);
+        double head = mode == FEAT_RELATIVE ? err / (xn > eps ? xn : eps) : log(sd / (double)f + log_eps);
+        if (saved != NULL) {
+            double *si = saved + 5 * i;
+            si[0] = xn;
+            si[1] = rn;
+            si[2] = err;
+            si[3] = den;
+            si[4] = cosv;
+        }
+        if (is_double) {
+            ((double *)out)[2 * i] = head;
+            ((double *)out)[2 * i + 1] = cosv;
+        } else {
+            ((float *)out)[2 * i] = (float)head;
+            ((float *)out)[2 * i + 1] = (float)cosv;
+        }
+    }
+}
+
+#define ROW_GRAD(T)                                                                                                  \
+    do {                                                                                                             \
+        const T *xi = (const T *)x + i * f, *ri = (const T *)r + i * f;                                              \
+        T *oi = (T *)out + i * f;                                                                                    \
+        _Pragma("omp simd") for (Py_ssize_t j = 0; j < f; j++)                                                     \
+        {                                                                                                            \
+            double dv = (double)(ri[j] - xi[j]);                                                                     \
+            oi[j] = (T)(ca * dv + cb * (double)ri[j] + cc * (double)xi[j]);                                          \
+        }                                                                                                            \
+    } while (0)
+
+/* d/dx' of g_head * head + g_cos * cos, per row: a (x' - x) + b x' + c x (the closed form of
+   dagmm.features._ReconPair; the difference is formed again in the inputs' precision, so no
+   cancellation between a and the other two terms) */
+static void recon_backward(const void *x, const void *r, Py_ssize_t n, Py_ssize_t f, int is_double, int mode,
+                           double eps, double log_eps, const strided *grad, const double *saved, void *out)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double *si = saved + 5 * i;
+        double xn = si[0], rn = si[1], err = si[2], den = si[3], cosv = si[4];
+        double g_head = at(grad, i, 0), g_cos = at(grad, i, 1);
+        double ca;
+        if (mode == FEAT_RELATIVE)
+            ca = g_head / (err * (xn > eps ? xn : eps));
+        else
+            ca = 2.0 * g_head / (err * err + log_eps * (double)f);
+        if (!(err > 0.0))
+            ca = 0.0; /* as torch's norm backward at zero */
+        double cc = g_cos / (den > eps ? den : eps);
+        double cb = (den > eps && rn > 0.0) ? -g_cos * cosv / (rn * rn) : 0.0;
+        if (is_double)
+            ROW_GRAD(double);
+        else
+            ROW_GRAD(float);
+    }
+}
+
+static PyObject *py_recon_forward(PyObject *self, PyObject *args)
+{
+    unsigned long long xp, rp, op, sp;
+    Py_ssize_t n, f;
+    int dbl, mode;
+    double eps, log_eps;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KKnnpiddKK", &xp, &rp, &n, &f, &dbl, &mode, &eps, &log_eps, &op, &sp))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    recon_forward((const void *)(uintptr_t)xp, (const void *)(uintptr_t)rp, n, f, dbl, mode, eps, log_eps,
+                  (void *)(uintptr_t)op, (double *)(uintptr_t)sp);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_recon_backward(PyObject *self, PyObject *args)
+{
+    unsigned long long xp, rp, gp, sp, op;
+    Py_ssize_t n, f, gs0, gs1;
+    int dbl, mode, gdbl;
+    double eps, log_eps;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KKnnpiddKnnpKK", &xp, &rp, &n, &f, &dbl, &mode, &eps, &log_eps, &gp, &gs0, &gs1,
+                          &gdbl, &sp, &op))
+        return NULL;
+    strided g = {(const char *)(uintptr_t)gp, gs0, gs1, gdbl};
+    Py_BEGIN_ALLOW_THREADS
+    recon_backward((const void *)(uintptr_t)xp, (const void *)(uintptr_t)rp, n, f, dbl, mode, eps, log_eps, &g,
+                   (const double *)(uintptr_t)sp, (void *)(uintptr_t)op);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"mixture_objective", py_mixture_objective, METH_VARARGS,
      "mixture_objective(z_ptr, z_s0, z_s1, z_f64, g_ptr, g_s0, g_s1, g_f64, gz_ptr, gg_ptr, n, d, k,\n"
@@ -451,6 +571,14 @@ static PyMethodDef methods[] = {
      "Private to dagmm.objective: raw addresses, no checks. Writes dJ/dz as a contiguous (d, n) array and\n"
      "dJ/dgamma as a contiguous (k, n) array, in the inputs' dtypes; 'bad' lists the components whose\n"
      "Cholesky failed with every jitter."},
+    {"recon_forward", py_recon_forward, METH_VARARGS,
+     "recon_forward(x_ptr, r_ptr, n, f, f64, mode, eps, log_eps, out_ptr, saved_ptr) -> None\n\n"
+     "Private to dagmm.features: the two reconstruction features of contiguous (n, f) rows into out (n, 2)\n"
+     "and, unless saved_ptr is 0, five float64 per row into saved (n, 5); mode 0 = relative distance,\n"
+     "1 = log mean squared error."},
+    {"recon_backward", py_recon_backward, METH_VARARGS,
+     "recon_backward(x_ptr, r_ptr, n, f, f64, mode, eps, log_eps, g_ptr, g_s0, g_s1, g_f64, saved_ptr, out_ptr)\n\n"
+     "Private to dagmm.features: the gradient with respect to x' of the features, into out (n, f)."},
     {NULL, NULL, 0, NULL},
 };
 

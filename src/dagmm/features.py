@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch.autograd.function import once_differentiable
 
+from . import native
 from .fused import buffer
 
 __all__ = ["relative_euclidean", "cosine_similarity", "default_recon_features", "log_mse_cosine", "RECON_EPS",
@@ -66,11 +68,32 @@ def log_mse_cosine(x: torch.Tensor, x_recon: torch.Tensor) -> torch.Tensor:
 
 
 def _recon_pair(x: torch.Tensor, x_recon: torch.Tensor, first: str) -> torch.Tensor:
-    """The closed-form node when only ``x_recon`` needs a gradient, else the plain formulas."""
+    """The closed-form node when only ``x_recon`` needs a gradient, else the plain formulas.
+
+    On CPU both go through the C kernel of :mod:`dagmm.native` where it is
+    built: one pass over the rows forward and one backward, no (N, F) temporaries.
+    """
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or x_recon.requires_grad)
+    x2, r2 = x.flatten(1), x_recon.flatten(1)  # (N, F)
+    fast = native.usable(x2, r2) and x2.dtype == r2.dtype and x2.shape == r2.shape and x2.is_contiguous() \
+        and r2.is_contiguous()
     if needs_grad and not x.requires_grad:
-        return _ReconPair.apply(x, x_recon, first)
-    return _pair_forward(x.flatten(1), x_recon.flatten(1), first, reuse=not needs_grad)[0]
+        return (_NativeReconPair if fast else _ReconPair).apply(x, x_recon, first)
+    if fast and not needs_grad:
+        return _native_forward(x2, r2, first, None)
+    return _pair_forward(x2, r2, first, reuse=not needs_grad)[0]
+
+
+_MODES = {"relative": 0, "log_mse": 1}
+
+
+def _native_forward(x: torch.Tensor, r: torch.Tensor, first: str, saved) -> torch.Tensor:
+    """Features of contiguous (N, F) rows by the C kernel; per-row norms into ``saved`` (N, 5) if given."""
+    out = buffer(("recon features", "native"), x.shape[0], 2, x) if saved is None else x.new_empty((x.shape[0], 2))
+    native.kernels.recon_forward(x.data_ptr(), r.data_ptr(), x.shape[0], x.shape[1], x.dtype == torch.float64,
+                                 _MODES[first], RECON_EPS, LOG_MSE_EPS, out.data_ptr(),
+                                 0 if saved is None else saved.data_ptr())
+    return out
 
 
 def _pair_forward(x: torch.Tensor, r: torch.Tensor, first: str, reuse: bool) -> tuple:
@@ -129,3 +152,26 @@ class _ReconPair(torch.autograd.Function):
         b = torch.where((den > RECON_EPS) & (r_norm > 0), -g_cos * cos / r_norm.square(), torch.zeros_like(cos))
         grad_r = torch.addcmul(torch.addcmul(diff * a[:, None], r, b[:, None]), x, c[:, None])  # (N, F)
         return None, grad_r.view(ctx.shape), None
+
+
+class _NativeReconPair(torch.autograd.Function):
+    """:class:`_ReconPair` computed by the C kernel (contiguous CPU rows of one float dtype)."""
+
+    @staticmethod
+    def forward(ctx, x, x_recon, first):
+        x2, r2 = x.flatten(1), x_recon.flatten(1)  # (N, F)
+        saved = torch.empty((x2.shape[0], 5), dtype=torch.float64)  # norms, error, their product, cosine
+        out = _native_forward(x2, r2, first, saved)
+        ctx.save_for_backward(x2, r2, saved)
+        ctx.first, ctx.shape = first, x_recon.shape
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, r, saved = ctx.saved_tensors
+        out = torch.empty_like(r)
+        native.kernels.recon_backward(x.data_ptr(), r.data_ptr(), x.shape[0], x.shape[1], x.dtype == torch.float64,
+                                      _MODES[ctx.first], RECON_EPS, LOG_MSE_EPS, grad.data_ptr(), *grad.stride(),
+                                      grad.dtype == torch.float64, saved.data_ptr(), out.data_ptr())
+        return None, out.view(ctx.shape), None

@@ -40,26 +40,14 @@ operations, where autograd through :mod:`dagmm.gmm` records several hundred.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import native
 from .gmm import (_JITTER_TRIES, _cholesky_failure, _log_prob_t, _moment_features, _params_from_moments,
                   cholesky_with_jitter, precision_cholesky)
 
-try:  # the optional C kernel (src/dagmm/_native.c), built at install where a C compiler exists
-    from . import _native
-except ImportError:  # pragma: no cover - depends on the build
-    _native = None
-
-__all__ = ["mixture_objective", "native_available", "use_native"]
-
-#: Whether CPU batches go through the C kernel when it is built (``DAGMM_NATIVE=0``
-#: in the environment turns it off at import; tests and A/B timings flip it).
-use_native: bool = os.environ.get("DAGMM_NATIVE", "1") != "0"
-
-_FLOATS = (torch.float32, torch.float64)
+__all__ = ["mixture_objective"]
 
 _TINY = torch.finfo(torch.float64).tiny
 
@@ -92,22 +80,15 @@ def mixture_objective(
 
     Notes
     -----
-    On CPU, when the optional C kernel was built (:func:`native_available`)
-    and :data:`use_native` is set, value and gradients come from it: the same
+    On CPU, when the optional C kernel was built and is enabled
+    (:mod:`dagmm.native`), value and gradients come from it: the same
     formulas in float64, in three passes over the rows instead of some 160
     tensor operations (``tests/test_objective.py`` compares the two).
     """
     args = (float(w_energy), float(w_cov_diag), float(cov_eps))
-    if (use_native and _native is not None and z.device.type == "cpu" and gamma.device.type == "cpu"
-            and z.dtype in _FLOATS and gamma.dtype in _FLOATS and z.dim() == 2 and gamma.dim() == 2
-            and z.shape[0] == gamma.shape[0] and z.shape[0] > 0 and z.shape[1] > 0 and gamma.shape[1] > 0):
+    if native.usable(z, gamma) and z.shape[0] == gamma.shape[0]:
         return _NativeObjective.apply(z, gamma, *args)
     return _MixtureObjective.apply(z, gamma, *args)
-
-
-def native_available() -> bool:
-    """Whether the C kernel of the mixture objective was built with this install."""
-    return _native is not None
 
 
 class _NativeObjective(torch.autograd.Function):
@@ -120,7 +101,7 @@ class _NativeObjective(torch.autograd.Function):
         # laid out (D, N) and (K, N) like the torch code's arrays; returned as transposed views
         grad_z = torch.empty((d, n), dtype=z.dtype)
         grad_gamma = torch.empty((k, n), dtype=gamma.dtype)
-        value, jitter, bad, finite = _native.mixture_objective(
+        value, jitter, bad, finite = native.kernels.mixture_objective(
             z.data_ptr(), *z.stride(), z.dtype == torch.float64,
             gamma.data_ptr(), *gamma.stride(), gamma.dtype == torch.float64,
             grad_z.data_ptr(), grad_gamma.data_ptr(), n, d, k, w_energy, w_cov_diag, cov_eps, _JITTER_TRIES)

@@ -1,0 +1,44 @@
+"""The optional C kernels (``src/dagmm/_native.c``) and the switch that selects them.
+
+``setup.py`` compiles one small C file at install time where a C compiler is
+present (no torch headers, about a second).  It holds the mixture objective
+(:mod:`dagmm.objective`) and the reconstruction features
+(:mod:`dagmm.features`) for CPU tensors: the same formulas as the torch code,
+without the per-operation dispatch that dominates those small computations
+(``benchmarks/results/NOTES-speed.md``, fourth pass).  Where it was not built,
+the torch code runs instead, with the same results up to rounding;
+``tests/test_objective.py`` and ``tests/test_features.py`` run on both.
+
+``DAGMM_NATIVE=0`` in the environment (read at import) or ``dagmm.native.enabled
+= False`` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    from . import _native as kernels
+except ImportError:  # pragma: no cover - depends on the build
+    kernels = None
+
+__all__ = ["available", "enabled", "usable"]
+
+#: Whether CPU tensors go through the C kernels when they are built.
+enabled: bool = os.environ.get("DAGMM_NATIVE", "1") != "0"
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+def available() -> bool:
+    """Whether the C kernels were built with this install."""
+    return kernels is not None
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels are on, built, and take these tensors: 2-D, non-empty, on the CPU, float32/float64."""
+    return enabled and kernels is not None and all(
+        t.device.type == "cpu" and t.dtype in _FLOATS and t.dim() == 2 and t.shape[0] > 0 and t.shape[1] > 0
+        for t in tensors)
