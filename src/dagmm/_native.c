@@ -1,23 +1,25 @@
 /* Optional C kernels for DAGMM's training step on CPU tensors: the mixture objective and the
  * reconstruction features.
  *
- * Private: dagmm/objective.py calls it with raw data addresses after checking
- * device, dtype, shapes and strides, and falls back to its torch code when this
- * module was not built.  It has no torch headers, so it builds with a plain C
- * compiler in about a second.
+ * Private: dagmm.objective and dagmm.features call them (through dagmm.native) with raw
+ * data addresses after checking device, dtype, shapes and strides, and use their torch
+ * code instead where this module was not built.  No torch headers: it builds with a
+ * plain C compiler in about a second.
  *
- * Why: with DAGMM's tiny mixture (K = 4 components of D = 3 dimensions) the
- * K-level algebra costs only a few thousand flops, but as torch operations it
- * is some 150 dispatches per training step, each worth more than its
- * arithmetic (benchmarks/results/NOTES-speed.md, fourth pass).  Here the whole
- * objective -- value and both gradients -- is three passes over the rows and
- * a few loops over K x D x D.
+ * Why: with DAGMM's tiny mixture (K = 4 components of D = 3 dimensions) the K-level
+ * algebra is a few thousand flops, but as torch operations it was some 160 dispatches
+ * per training step, each costing more than its arithmetic; the two features were a
+ * dozen passes over (N, F) with their temporaries (benchmarks/results/NOTES-speed.md,
+ * fourth pass).  Here the objective -- value and both gradients -- is a few
+ * vectorised loops over the rows plus loops over K x D x D, and the features one pass
+ * over the rows forward and one backward.
  *
  * Numerics are those of dagmm.gmm / dagmm.objective: float64 throughout, moments
  * about the batch mean, Cholesky factor of Sigma_k + eps I with the jitter raised
- * tenfold for every component when one fails, Mahalanobis distances by
- * triangular solve, log-sum-exp with the maximum taken out.  The gradient is the
- * closed form in dagmm/objective.py's docstring.
+ * tenfold for every component when one fails, Mahalanobis distances through the
+ * inverse Cholesky factor, log-sum-exp with the maximum taken out.  The gradient is
+ * the closed form in dagmm/objective.py's docstring.  Compiled without -ffast-math:
+ * the NaN checks and the summation order must stay as written.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
