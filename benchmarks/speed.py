@@ -14,7 +14,11 @@ repeats:
 
 Shapes are read from a real forward pass with hooks on every ``nn.Linear``,
 ``nn.Conv2d`` and ``nn.ConvTranspose2d``.  "fraction of limit" is limit time /
-measured time (1.0 would mean nothing but the products ran).
+measured time (1.0 would mean nothing but the products ran).  The host's speed
+drifts (up to 2x between two runs of this script minutes apart), so the limit is
+measured right beside what it is compared with: at the end of every training
+epoch (each steady epoch against the mean of the limits at its two ends; the
+median of those ratios is reported) and before and after each scoring run.
 
 Peak memory of scoring: Linux ``/proc/self/status``; the peak (``VmHWM``) is
 reset to the current resident size by writing ``5`` to ``/proc/self/clear_refs``
@@ -42,6 +46,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -154,18 +159,35 @@ def _reset_peak(device: torch.device) -> int:
     return _proc_kb("VmRSS")
 
 
-def time_fit(od, X: np.ndarray, epochs: int, batch_size: int) -> dict:
-    """Seconds per epoch from the training loop's own epoch-end callback."""
+def time_fit(od, X: np.ndarray, epochs: int, batch_size: int, limit_s: Callable[[], float]) -> dict:
+    """Seconds per epoch, each epoch bracketed by limit measurements at its two ends.
+
+    ``limit_s()`` times the products of one epoch; it runs in the training loop's
+    epoch-end callback (outside the epoch's own time).  The host's speed drifts
+    from minute to minute (by up to 2x on this kind of shared machine), so each
+    steady epoch is compared with the mean of the limits measured just before and
+    just after it, and the fraction reported is the median of those per-epoch ratios.
+    """
     stamps: list[float] = []
+    resumed: list[float] = []
+    limits: list[float] = []
+
+    def at_epoch_end(epoch, logs):
+        stamps.append(time.perf_counter())
+        limits.append(limit_s())
+        resumed.append(time.perf_counter())
+
     t0 = time.perf_counter()
-    od.fit(X, epochs=epochs, batch_size=batch_size, verbose=False, seed=0,
-           callbacks=[lambda epoch, logs: stamps.append(time.perf_counter())])
-    total = time.perf_counter() - t0
-    starts = [t0] + stamps[:-1]
-    per_epoch = [b - a for a, b in zip(starts, stamps)]
-    steady = per_epoch[1:] if len(per_epoch) > 2 else per_epoch[-1:]  # the first includes warm-up and checks
-    return {"epoch_s": per_epoch, "s_per_epoch": statistics.median(steady), "fit_total_s": total,
-            "final_loss": od.history_[-1]["loss"]}
+    od.fit(X, epochs=epochs, batch_size=batch_size, verbose=False, seed=0, callbacks=[at_epoch_end])
+    total = time.perf_counter() - t0 - sum(b - a for a, b in zip(stamps, resumed))
+    per_epoch = [b - a for a, b in zip([t0] + resumed[:-1], stamps)]
+    # the first epoch includes warm-up and checks, and has no limit measured before it
+    steady = range(1, len(per_epoch)) if len(per_epoch) > 1 else range(len(per_epoch))
+    bracket = [(limits[e - 1] + limits[e]) / 2 if e > 0 else limits[0] for e in steady]
+    fractions = [lim / per_epoch[e] for lim, e in zip(bracket, steady)]
+    return {"epoch_s": per_epoch, "limit_epoch_s": limits, "s_per_epoch": statistics.median(per_epoch[e] for e in steady),
+            "limit_s_per_epoch": statistics.median(bracket), "fraction_of_limit": statistics.median(fractions),
+            "fraction_per_epoch": fractions, "fit_total_s": total, "final_loss": od.history_[-1]["loss"]}
 
 
 def time_score(score, X: np.ndarray, device: torch.device, repeats: int) -> dict:
@@ -190,25 +212,35 @@ def time_score(score, X: np.ndarray, device: torch.device, repeats: int) -> dict
 
 def bench_detector(name: str, od, net_of, X_train, score_sets, device, args, batch_size: int,
                    score_batch: int) -> dict:
-    """Train, then score each (label, X) of ``score_sets``; all against the limit of the same run."""
+    """Train, then score each (label, X) of ``score_sets``; each against limits measured right beside it."""
     print(f"[{device}] {name}: training {args.epochs} epochs on {len(X_train):,} rows", file=sys.stderr, flush=True)
-    train = time_fit(od, X_train, args.epochs, batch_size)
-    net = net_of(od)
     probe = torch.from_numpy(X_train[:batch_size]).to(device)
-    lim_train = measure_limit(net, probe, True, args.reps, args.rounds)
-    limit_epoch = lim_train["seconds_per_batch"] * len(X_train) / batch_size
+    lim_train: dict = {}
+
+    def epoch_limit() -> float:
+        with torch.random.fork_rng(devices=[]):  # random operands must not move training's dropout draws
+            lim_train.update(measure_limit(net_of(od), probe, True, args.reps, args.rounds))
+        return lim_train["seconds_per_batch"] * len(X_train) / batch_size
+
+    train = time_fit(od, X_train, args.epochs, batch_size, epoch_limit)
     train.update(rows=len(X_train), batch_size=batch_size, rows_per_s=len(X_train) / train["s_per_epoch"],
-                 limit_s_per_epoch=limit_epoch, limit_rows_per_s=lim_train["rows_per_s"],
-                 fraction_of_limit=limit_epoch / train["s_per_epoch"], limit=lim_train)
+                 limit_rows_per_s=len(X_train) / train["limit_s_per_epoch"], limit=lim_train)
+    net = net_of(od)
     probe = torch.from_numpy(X_train[:score_batch]).to(device)
-    lim_score = measure_limit(net, probe, False, max(1, args.reps // 4), args.rounds)
-    scores = []
+
+    def score_limit() -> dict:
+        return measure_limit(net, probe, False, max(1, args.reps // 4), args.rounds)
+
+    scores, before = [], score_limit()
     for label, X in score_sets:
         s = time_score(lambda A: od.score(A, batch_size=score_batch), X, device, 1 if len(X) > 10**6 else 2)
-        s.update(data=label, batch_size=score_batch, limit_rows_per_s=lim_score["rows_per_s"],
-                 fraction_of_limit=s["rows_per_s"] / lim_score["rows_per_s"])
+        after = score_limit()
+        limit_rows = (before["rows_per_s"] + after["rows_per_s"]) / 2  # measured just before and just after
+        s.update(data=label, batch_size=score_batch, limit_rows_per_s=limit_rows,
+                 fraction_of_limit=s["rows_per_s"] / limit_rows)
         scores.append(s)
-    return {"name": name, "train": train, "score": scores, "score_limit": lim_score}
+        before = after
+    return {"name": name, "train": train, "score": scores, "score_limit": before}
 
 
 def load_data(args) -> tuple[np.ndarray, np.ndarray, str]:
