@@ -124,6 +124,19 @@ static inline double vdot3(const double *restrict a, const double *restrict b, c
     return t;
 }
 
+/* diff (D, N) = zc - c: the rows about one component's mean */
+static inline void centre(const double *restrict zc, const double *restrict c, int d, Py_ssize_t n,
+                          double *restrict diff)
+{
+    for (int a = 0; a < d; a++) {
+        const double *za = zc + a * n;
+        double ca = c[a];
+#pragma omp simd
+        for (Py_ssize_t i = 0; i < n; i++)
+            diff[a * n + i] = za[i] - ca;
+    }
+}
+
 /* Rows of the batch run along the innermost axis of every row-level array ((D, N),
    (K, N)), so that each loop over them is a plain vectorisable loop. */
 KERNEL static int objective(const strided *z, const strided *gm, void *gz, void *gg, Py_ssize_t n, int d, int k,
@@ -222,13 +235,7 @@ KERNEL static int objective(const strided *z, const strided *gm, void *gz, void 
     for (int q = 0; q < k; q++) {
         const double *liq = li + q * dd, *cq = c + q * d;
         double *lp = r + q * n;
-        for (int a = 0; a < d; a++) {
-            const double *za = zc + a * n;
-            double ca = cq[a];
-#pragma omp simd
-            for (Py_ssize_t i = 0; i < n; i++)
-                diff[a * n + i] = za[i] - ca;
-        }
+        centre(zc, cq, d, n, diff);
 #pragma omp simd
         for (Py_ssize_t i = 0; i < n; i++)
             maha[i] = 0.0;
@@ -285,13 +292,7 @@ KERNEL static int objective(const strided *z, const strided *gm, void *gz, void 
         const double *rq = r + q * n, *cq = c + q * d, *aq = ainv + q * dd, *covq = cov + q * dd;
         double *rdq = rd + q * d, *rddq = rdd + q * dd, *gq = g + q * dd, *gmuq = gmu + q * d;
         /* sum_i r_ik (zc_i - c_k) and sum_i r_ik (zc_i - c_k)(zc_i - c_k)^T */
-        for (int a = 0; a < d; a++) {
-            const double *za = zc + a * n;
-            double ca = cq[a];
-#pragma omp simd
-            for (Py_ssize_t i = 0; i < n; i++)
-                diff[a * n + i] = za[i] - ca;
-        }
+        centre(zc, cq, d, n, diff);
         big_r[q] = vsum(rq, n);
         for (int a = 0; a < d; a++) {
             rdq[a] = vdot(rq, diff + a * n, n);
@@ -348,13 +349,7 @@ KERNEL static int objective(const strided *z, const strided *gm, void *gz, void 
         const double *rq = r + q * n, *cq = c + q * d, *aq = ainv + q * dd, *gq = g + q * dd, *gmuq = gmu + q * d;
         const double sq = s[q] > DBL_MIN ? s[q] : DBL_MIN;
         double *gamq = gam + q * n;
-        for (int a = 0; a < d; a++) {
-            const double *za = zc + a * n;
-            double ca = cq[a];
-#pragma omp simd
-            for (Py_ssize_t i = 0; i < n; i++)
-                diff[a * n + i] = za[i] - ca;
-        }
+        centre(zc, cq, d, n, diff);
 #pragma omp simd
         for (Py_ssize_t i = 0; i < n; i++) {
             lin[i] = 0.0;
