@@ -29,12 +29,20 @@ def kernel_backend(request, monkeypatch):
     """
     from dagmm import native
 
-    if request.param == "native" and not native.available():
+    if request.param == "native":
+        require_native()
+    monkeypatch.setattr(native, "enabled", request.param == "native")
+    return request.param
+
+
+def require_native() -> None:
+    """Skip where the C kernels were not built; fail instead under ``DAGMM_REQUIRE_NATIVE=1``."""
+    from dagmm import native
+
+    if not native.available():
         if os.environ.get("DAGMM_REQUIRE_NATIVE") == "1":
             pytest.fail("DAGMM_REQUIRE_NATIVE=1 but dagmm._native was not built (is a C compiler installed?)")
         pytest.skip("dagmm._native was not built (no C compiler at install); the torch code is tested")
-    monkeypatch.setattr(native, "enabled", request.param == "native")
-    return request.param
 
 
 @pytest.fixture

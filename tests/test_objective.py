@@ -11,8 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dagmm import native
-
 from dagmm.gmm import (
     CholeskyError,
     batch_gmm_params,
@@ -113,20 +111,3 @@ def test_strided_memberships_light_component_and_scaled_gradient():
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     for a, b in zip(torch.autograd.grad(-2.5 * got, [z, gamma]), torch.autograd.grad(-2.5 * ref, [z, gamma])):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * b.abs().max().item())
-
-
-def test_native_kernel_agrees_with_the_torch_code(kernel_backend):
-    if kernel_backend != "native":
-        pytest.skip("compares the C kernel with the torch code")
-    z, gamma = _inputs(1024, 3, 4, dtype=torch.float32)
-    results = []
-    for flag in (True, False):
-        native.enabled = flag
-        zz, gg = z.detach().clone().requires_grad_(True), gamma.detach().clone().requires_grad_(True)
-        value = mixture_objective(zz, gg, 0.1, 0.005)
-        value.backward()
-        results.append((value, zz.grad, gg.grad))
-    (v1, gz1, gg1), (v2, gz2, gg2) = results
-    torch.testing.assert_close(v1, v2, rtol=1e-12, atol=0)
-    torch.testing.assert_close(gz1, gz2, rtol=1e-5, atol=1e-6 * gz2.abs().max().item())
-    torch.testing.assert_close(gg1, gg2, rtol=1e-5, atol=1e-6 * gg2.abs().max().item())

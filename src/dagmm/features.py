@@ -9,7 +9,7 @@ epsilon argument by accident and returns the negative cosine; these do not.)
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -87,7 +87,7 @@ def _recon_pair(x: torch.Tensor, x_recon: torch.Tensor, first: str) -> torch.Ten
 _MODES = {"relative": 0, "log_mse": 1}
 
 
-def _native_forward(x: torch.Tensor, r: torch.Tensor, first: str, saved) -> torch.Tensor:
+def _native_forward(x: torch.Tensor, r: torch.Tensor, first: str, saved: Optional[torch.Tensor]) -> torch.Tensor:
     """Features of contiguous (N, F) rows by the C kernel; per-row norms into ``saved`` (N, 5) if given."""
     out = buffer(("recon features", "native"), x.shape[0], 2, x) if saved is None else x.new_empty((x.shape[0], 2))
     native.kernels.recon_forward(x.data_ptr(), r.data_ptr(), x.shape[0], x.shape[1], x.dtype == torch.float64,

@@ -7,7 +7,8 @@ present (no torch headers, about a second).  It holds the mixture objective
 without the per-operation dispatch that dominates those small computations
 (``benchmarks/results/NOTES-speed.md``, fourth pass).  Where it was not built,
 the torch code runs instead, with the same results up to rounding;
-``tests/test_objective.py`` and ``tests/test_features.py`` run on both.
+``tests/test_objective.py`` and ``tests/test_features.py`` run on both and
+``tests/test_native.py`` compares them; ``benchmarks/native_ab.py`` times them.
 
 ``DAGMM_NATIVE=0`` in the environment (read at import) or ``dagmm.native.enabled
 = False`` turns the kernels off.

@@ -82,8 +82,8 @@ def mixture_objective(
     -----
     On CPU, when the optional C kernel was built and is enabled
     (:mod:`dagmm.native`), value and gradients come from it: the same
-    formulas in float64, in three passes over the rows instead of some 160
-    tensor operations (``tests/test_objective.py`` compares the two).
+    formulas in float64, in a few vectorised loops over the rows instead of
+    some 160 tensor operations (``tests/test_native.py`` compares the two).
     """
     args = (float(w_energy), float(w_cov_diag), float(cov_eps))
     if native.usable(z, gamma) and z.shape[0] == gamma.shape[0]:

@@ -1,0 +1,88 @@
+"""The C kernels of ``dagmm.native`` against the torch code they replace, on the same inputs.
+
+Skipped where the kernels were not built, failed instead under ``DAGMM_REQUIRE_NATIVE=1``
+(``.ci/run``).  The kernels are also run through every test of ``test_objective.py`` and
+``test_features.py`` by the ``kernel_backend`` fixture.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dagmm import native
+from dagmm.features import default_recon_features, log_mse_cosine
+from dagmm.objective import mixture_objective
+
+from conftest import require_native
+
+
+@pytest.fixture(autouse=True)
+def _built(monkeypatch):
+    require_native()
+    monkeypatch.setattr(native, "enabled", True)  # restored after the test
+
+
+def test_objective_kernel_agrees_with_the_torch_code():
+    z = (torch.randn(1024, 3, dtype=torch.float64) @ torch.randn(3, 3, dtype=torch.float64) + 5.0).float()
+    gamma = torch.softmax(2 * torch.randn(1024, 4), 1)
+    results = []
+    for flag in (True, False):
+        native.enabled = flag
+        zz, gg = z.clone().requires_grad_(True), gamma.clone().requires_grad_(True)
+        value = mixture_objective(zz, gg, 0.1, 0.005)
+        value.backward()
+        results.append((value, zz.grad, gg.grad))
+    (v1, gz1, gg1), (v2, gz2, gg2) = results
+    torch.testing.assert_close(v1, v2, rtol=1e-12, atol=0)
+    torch.testing.assert_close(gz1, gz2, rtol=1e-5, atol=1e-6 * gz2.abs().max().item())
+    torch.testing.assert_close(gg1, gg2, rtol=1e-5, atol=1e-6 * gg2.abs().max().item())
+
+
+@pytest.mark.parametrize("fn", [default_recon_features, log_mse_cosine])
+def test_feature_kernel_agrees_with_the_torch_code(fn):
+    x = torch.randn(300, 120)
+    r = x + 0.05 * torch.randn_like(x)
+    grad = torch.randn(2, 300).T  # strided, as the gradient the objective's kernel hands back
+    results = []
+    for flag in (True, False):
+        native.enabled = flag
+        rr = r.clone().requires_grad_(True)
+        out = fn(x, rr)
+        (g,) = torch.autograd.grad(out, [rr], grad)
+        with torch.no_grad():
+            scored = fn(x, r)  # the scoring path
+        results.append((out, g, scored))
+    (o1, g1, s1), (o2, g2, s2) = results
+    torch.testing.assert_close(o1, o2, rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(s1, o1, rtol=0, atol=0)  # scoring and training share the kernel
+    torch.testing.assert_close(s2, o2, rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6 * g2.abs().max().item())
+
+
+def test_kernels_used_for_cpu_float_and_skipped_otherwise(monkeypatch):
+    calls = []
+    real = native.kernels
+
+    class Spy:
+        def __getattr__(self, name):
+            def call(*args):
+                calls.append(name)
+                return getattr(real, name)(*args)
+            return call
+
+    monkeypatch.setattr(native, "kernels", Spy())
+    z, gamma = torch.randn(50, 3, requires_grad=True), torch.softmax(torch.randn(50, 2), 1)
+    mixture_objective(z, gamma, 0.1, 0.005).backward()
+    x = torch.randn(50, 8)
+    r = torch.randn(50, 8, requires_grad=True)
+    default_recon_features(x, r).sum().backward()
+    assert calls == ["mixture_objective", "recon_forward", "recon_backward"]
+    calls.clear()
+    # float16 is not a kernel dtype, and the switch turns the kernels off: the torch code runs
+    mixture_objective(z.detach().half(), gamma.half(), 0.1, 0.005)
+    default_recon_features(x.half(), r.detach().half())
+    native.enabled = False
+    mixture_objective(z, gamma, 0.1, 0.005).backward()
+    default_recon_features(x, r).sum().backward()
+    assert calls == []
