@@ -9,6 +9,9 @@ from torch import nn
 from dagmm import fused
 from dagmm.nets import mlp, paper_kddcup_nets
 
+# every test on the torch code and on the C tanh kernels (dagmm/_native_act.c)
+pytestmark = pytest.mark.usefixtures("kernel_backend")
+
 
 def _stacks():
     enc, dec, est = paper_kddcup_nets(12)

@@ -1,16 +1,17 @@
 """The C kernels of ``dagmm.native`` against the torch code they replace, on the same inputs.
 
 Skipped where the kernels were not built, failed instead under ``DAGMM_REQUIRE_NATIVE=1``
-(``.ci/run``).  The kernels are also run through every test of ``test_objective.py`` and
-``test_features.py`` by the ``kernel_backend`` fixture.
+(``.ci/run``).  The kernels are also run through every test of ``test_objective.py``,
+``test_features.py`` and ``test_fused.py`` by the ``kernel_backend`` fixture.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from dagmm import native
+from dagmm import fused, native
 from dagmm.features import default_recon_features, log_mse_cosine
 from dagmm.objective import mixture_objective
 
@@ -85,4 +86,58 @@ def test_kernels_used_for_cpu_float_and_skipped_otherwise(monkeypatch):
     native.enabled = False
     mixture_objective(z, gamma, 0.1, 0.005).backward()
     default_recon_features(x, r).sum().backward()
+    assert calls == []
+
+
+def test_tanh_kernel_accuracy_and_special_values():
+    x = torch.linspace(-12, 12, 2_000_001)
+    y = fused.tanh(x)
+    ref = torch.tanh(x.double())
+    assert (y.double() - ref).abs().max().item() < 2e-7
+    # expm1 form: small arguments keep their relative precision (1 - 2 / (exp(2x) + 1) would not)
+    small = torch.tensor([1e-4, -3e-6, 1e-30, 0.01, -0.17])
+    rel = ((fused.tanh(small).double() - torch.tanh(small.double())) / torch.tanh(small.double())).abs()
+    assert rel.max().item() < 2e-7
+    special = fused.tanh(torch.tensor([float("nan"), float("inf"), -float("inf"), 100.0, -100.0, 9.5, 0.0]))
+    assert torch.isnan(special[0]) and special[1:].tolist() == [1.0, -1.0, 1.0, -1.0, 1.0, 0.0]
+
+
+def test_bias_tanh_and_tanh_grad_kernels_against_torch():
+    y = torch.randn(37, 13) * 3
+    b = torch.randn(13)
+    got = y.clone()
+    native.kernels.bias_tanh(got.data_ptr(), b.data_ptr(), 37, 13)
+    torch.testing.assert_close(got, torch.tanh(y + b), rtol=0, atol=2e-7)
+    g = torch.randn(37, 13)
+    out, gb = torch.empty(37, 13), torch.empty(13)
+    native.kernels.tanh_grad(g.data_ptr(), got.data_ptr(), out.data_ptr(), gb.data_ptr(), 37, 13)
+    ref = g * (1 - got * got)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(gb, ref.double().sum(0).float(), rtol=1e-6, atol=1e-6)
+
+
+def test_fused_tanh_stack_uses_the_kernels_and_matches_the_module(monkeypatch):
+    calls = []
+    real = native.kernels
+
+    class Spy:
+        def __getattr__(self, name):
+            def call(*args):
+                calls.append(name)
+                return getattr(real, name)(*args)
+            return call
+
+    seq = nn.Sequential(nn.Linear(12, 9), nn.Tanh(), nn.Linear(9, 5, bias=False), nn.Tanh(), nn.Linear(5, 2))
+    x = torch.randn(64, 12, requires_grad=True)
+    ref = seq(x)
+    ref_grads = torch.autograd.grad(ref, [x, *seq.parameters()], torch.ones_like(ref))
+    monkeypatch.setattr(native, "kernels", Spy())
+    y = fused.run(seq, x)
+    grads = torch.autograd.grad(y, [x, *seq.parameters()], torch.ones_like(y))
+    assert calls == ["bias_tanh", "bias_tanh", "tanh_grad", "tanh_grad"]
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    calls.clear()
+    fused.run(seq.double(), x.detach().double())  # float64 stacks keep the torch code
     assert calls == []

@@ -21,24 +21,13 @@
  * the closed form in dagmm/objective.py's docstring.  Compiled without -ffast-math:
  * the NaN checks and the summation order must stay as written.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_native.h"
 
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* The loops over rows are vectorised; built for the baseline x86-64 (2 doubles per vector) they
-   run about 1.5x slower than with AVX2 (4).  Where the toolchain resolves function clones at load
-   time (GCC, glibc), the three kernels get an AVX2 clone chosen on CPUs that have it.  No -ffp-contract
-   (ISO C mode keeps it off), so both clones round every operation alike; only the sums' order differs. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
-#define KERNEL __attribute__((target_clones("avx2", "default")))
-#else
-#define KERNEL
-#endif
 
 /* A strided (rows, cols) matrix of float32 or float64. */
 typedef struct {
@@ -586,6 +575,14 @@ static PyMethodDef methods[] = {
     {"recon_backward", py_recon_backward, METH_VARARGS,
      "recon_backward(x_ptr, r_ptr, n, f, f64, mode, eps, log_eps, g_ptr, g_s0, g_s1, g_f64, saved_ptr, out_ptr)\n\n"
      "Private to dagmm.features: the gradient with respect to x' of the features, into out (n, f)."},
+    {"bias_tanh", py_bias_tanh, METH_VARARGS,
+     "bias_tanh(y_ptr, b_ptr, n, m) -> None\n\n"
+     "Private to dagmm.fused: y = tanh(y + b) in place for contiguous float32 y (n, m) and b (m,) (no bias\n"
+     "when b_ptr is 0)."},
+    {"tanh_grad", py_tanh_grad, METH_VARARGS,
+     "tanh_grad(g_ptr, y_ptr, out_ptr, gb_ptr, n, m) -> None\n\n"
+     "Private to dagmm.fused: out = g (1 - y^2) for contiguous float32 (n, m) arrays and, unless gb_ptr is 0,\n"
+     "the column sums of out into gb (m,)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import numpy as np
 import torch
 
-from . import fused
+from .batches import for_each_batch, workers_for
 from ._validation import check_array, check_positive_int
 from .auto import apply_standardize, standardize_stats
 from ._version import __version__
@@ -110,6 +110,9 @@ class BaseDetector:
         """Fill one preallocated (N, *row_shape) result batch by batch, in inference mode.
 
         ``fn(xb, out)`` writes the result for the rows ``xb`` into ``out``.
+        On CPU the batches are shared among ``torch.get_num_threads()``
+        threads, one batch at a time each (:mod:`dagmm.batches`), so ``fn``
+        must not depend on the order of the batches.
         With ``on_device=True`` the result lives on the detector's device
         and crosses to the host in one transfer at the end (on CPU it is the
         returned array itself: no copy at all); use it for small per-row
@@ -125,19 +128,20 @@ class BaseDetector:
         buf = host_t if (on_device is False or self.device.type == "cpu") else torch.empty(
             (n, *row_shape), dtype=dtype, device=self.device)
         staged = buf is host_t and self.device.type != "cpu"
+
         # fn consumes each batch's intermediates before the next: safe to reuse them
-        with torch.inference_mode(), fused.reuse_buffers():
-            for start in range(0, n, batch_size):
-                stop = min(n, start + batch_size)
-                xb = torch.from_numpy(X[start:stop]).to(self.device, non_blocking=True)
-                if staged:
-                    out = torch.empty((stop - start, *row_shape), dtype=dtype, device=self.device)
-                    fn(xb, out)
-                    buf[start:stop].copy_(out)
-                else:
-                    fn(xb, buf[start:stop])
-            if buf is not host_t:
-                host_t.copy_(buf)  # the one device-to-host transfer
+        def body(start: int, stop: int) -> None:
+            xb = torch.from_numpy(X[start:stop]).to(self.device, non_blocking=True)
+            if staged:
+                out = torch.empty((stop - start, *row_shape), dtype=dtype, device=self.device)
+                fn(xb, out)
+                buf[start:stop].copy_(out)
+            else:
+                fn(xb, buf[start:stop])
+
+        for_each_batch(body, n, batch_size, workers_for(self.device, -(-n // batch_size)))
+        if buf is not host_t:
+            host_t.copy_(buf)  # the one device-to-host transfer
         return host
 
     @staticmethod

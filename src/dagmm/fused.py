@@ -44,6 +44,8 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
+from . import native
+
 __all__ = ["buffer", "plan", "reuse_buffers", "run", "tanh"]
 
 _LINEAR, _TANH, _RELU, _SIGMOID, _DROPOUT, _SOFTMAX = range(6)
@@ -87,8 +89,18 @@ def buffer(key: Hashable, rows: int, cols: int, like: torch.Tensor) -> torch.Ten
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
-    """``tanh`` as ``2 * sigmoid(2 x) - 1`` (what fused stacks compute), out of place."""
+    """``tanh`` as fused stacks compute it, out of place: the C kernel, else ``2 sigmoid(2 x) - 1``."""
+    if _native_tanh(x):
+        y = torch.empty((1, x.numel()), dtype=x.dtype).copy_(x.reshape(1, -1))  # (1, numel)
+        native.kernels.bias_tanh(y.data_ptr(), 0, *y.shape)
+        return y.view(x.shape)
     return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+
+
+def _native_tanh(*tensors: torch.Tensor) -> bool:
+    """Whether the C tanh kernels take these tensors (float32 on the CPU, kernels built and on)."""
+    return all(t.dtype == torch.float32 for t in tensors) and native.usable(
+        *(t if t.dim() == 2 else t.reshape(1, -1) for t in tensors))
 
 
 class Plan:
@@ -209,8 +221,13 @@ def _forward(h: torch.Tensor, spec: tuple, ops: list, keep: bool) -> tuple[torch
     saved: list = []
     # May h be overwritten?  Never the caller's input, nor a tensor kept for the backward.
     owned = False
+    done = False  # the C kernel applied this tanh with its layer's product
     for i, (kind, prob) in enumerate(spec):
         m = ops[i][1]
+        if done:
+            saved.append(h if keep else None)
+            owned, done = not keep, False
+            continue
         if kind == _LINEAR and _softmax_tail(spec, i):
             # A softmax over a short last axis costs several times one over the first:
             # the last product is laid out (out, N), the result is its transposed view.
@@ -222,9 +239,18 @@ def _forward(h: torch.Tensor, spec: tuple, ops: list, keep: bool) -> tuple[torch
             saved += [h if keep else None, y_t if keep else None]
             return y_t.t(), saved
         if kind == _LINEAR:
-            # tanh(a) = 2 sigmoid(2a) - 1: the inner 2 costs nothing inside the product
-            scale = 2.0 if i + 1 < len(spec) and spec[i + 1][0] == _TANH else 1.0
+            to_tanh = i + 1 < len(spec) and spec[i + 1][0] == _TANH
             out = buffer((id(m), "out"), h.shape[0], m.out_features, h) if not keep else None  # (N, out)
+            if to_tanh and _native_tanh(h, m.weight, *([] if m.bias is None else [m.bias])) and (
+                    m.bias is None or m.bias.is_contiguous()):
+                # one pass for bias and tanh after the bare product (dagmm/_native_act.c)
+                out = torch.mm(h, m.weight.t(), out=out)  # (N, out)
+                native.kernels.bias_tanh(out.data_ptr(), 0 if m.bias is None else m.bias.data_ptr(), *out.shape)
+                saved.append(h if keep else None)
+                h, owned, done = out, True, True
+                continue
+            # tanh(a) = 2 sigmoid(2a) - 1: the inner 2 costs nothing inside the product
+            scale = 2.0 if to_tanh else 1.0
             if m.bias is None:
                 out = torch.mm(h, m.weight.t(), out=out)  # (N, out)
                 if scale != 1.0:
@@ -277,6 +303,7 @@ class _FusedStack(torch.autograd.Function):
         # the input gradient of op i is needed while an earlier op has a parameter, or x wants one
         first_param = next((i for i, (kind, _) in enumerate(spec) if kind == _LINEAR), len(spec))
         g = grad
+        bias_grad = None  # computed by the C kernel together with a tanh's backward
         for i in range(len(spec) - 1, -1, -1):
             kind, prob = spec[i]
             if kind == _LINEAR and _softmax_tail(spec, i):
@@ -293,7 +320,8 @@ class _FusedStack(torch.autograd.Function):
             elif kind == _LINEAR:
                 m = ops[i][1]
                 a = saved[i]
-                gb = g.sum(0) if m.bias is not None else None
+                gb = bias_grad if bias_grad is not None else g.sum(0) if m.bias is not None else None
+                bias_grad = None
                 gw = g.t().mm(a)  # (out, in)
                 param_grads.append((gw, gb))
                 if i > first_param or need[0]:
@@ -305,7 +333,18 @@ class _FusedStack(torch.autograd.Function):
                 if saved[i] is not None:
                     g = g * saved[i]
             elif kind == _TANH:
-                g = _aten.tanh_backward(g, saved[i])
+                y = saved[i]
+                if g.is_contiguous() and y.is_contiguous() and g.shape == y.shape and _native_tanh(g, y):
+                    # g (1 - y^2) and, after a layer with a bias, its column sums in one pass
+                    m = ops[i - 1][1] if i > 0 and spec[i - 1][0] == _LINEAR else None
+                    out = torch.empty_like(y)
+                    if m is not None and m.bias is not None:
+                        bias_grad = y.new_empty(y.shape[1])
+                    native.kernels.tanh_grad(g.data_ptr(), y.data_ptr(), out.data_ptr(),
+                                             0 if bias_grad is None else bias_grad.data_ptr(), *y.shape)
+                    g = out
+                else:
+                    g = _aten.tanh_backward(g, y)
             elif kind == _RELU:
                 g = _aten.threshold_backward(g, saved[i], 0)
             elif kind == _SIGMOID:
