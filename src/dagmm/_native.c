@@ -1,7 +1,8 @@
 /* Optional C kernels for DAGMM's training step on CPU tensors: the mixture objective and the
- * reconstruction features.
+ * reconstruction features; and the module definition of dagmm._native, whose other kernels are in
+ * _native_act.c (tanh layers) and _native_head.c (the estimation network).
  *
- * Private: dagmm.objective and dagmm.features call them (through dagmm.native) with raw
+ * Private: dagmm.objective, dagmm.features and dagmm.train_step call them (through dagmm.native) with raw
  * data addresses after checking device, dtype, shapes and strides, and use their torch
  * code instead where this module was not built.  No torch headers: it builds with a
  * plain C compiler in about a second.
@@ -504,7 +505,8 @@ KERNEL static void recon_forward(const void *x, const void *r, Py_ssize_t n, Py_
    dagmm.features._ReconPair; the difference is formed again in the inputs' precision, so no
    cancellation between a and the other two terms) */
 KERNEL static void recon_backward(const void *x, const void *r, Py_ssize_t n, Py_ssize_t f, int is_double, int mode,
-                           double eps, double log_eps, const strided *grad, const double *saved, void *out)
+                           double eps, double log_eps, const strided *grad, const double *saved, double sq_coef,
+                           void *out)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         const double *si = saved + 5 * i;
@@ -517,6 +519,7 @@ KERNEL static void recon_backward(const void *x, const void *r, Py_ssize_t n, Py
             ca = 2.0 * g_head / (err * err + log_eps * (double)f);
         if (!(err > 0.0))
             ca = 0.0; /* as torch's norm backward at zero */
+        ca += sq_coef; /* d/dx' of sq_coef / 2 ||x - x'||^2, the squared error the caller adds to its loss */
         double cc = g_cos / (den > eps ? den : eps);
         double cb = (den > eps && rn > 0.0) ? -g_cos * cosv / (rn * rn) : 0.0;
         if (is_double)
@@ -547,15 +550,15 @@ static PyObject *py_recon_backward(PyObject *self, PyObject *args)
     unsigned long long xp, rp, gp, sp, op;
     Py_ssize_t n, f, gs0, gs1;
     int dbl, mode, gdbl;
-    double eps, log_eps;
+    double eps, log_eps, sq_coef = 0.0;
     (void)self;
-    if (!PyArg_ParseTuple(args, "KKnnpiddKnnpKK", &xp, &rp, &n, &f, &dbl, &mode, &eps, &log_eps, &gp, &gs0, &gs1,
-                          &gdbl, &sp, &op))
+    if (!PyArg_ParseTuple(args, "KKnnpiddKnnpKK|d", &xp, &rp, &n, &f, &dbl, &mode, &eps, &log_eps, &gp, &gs0, &gs1,
+                          &gdbl, &sp, &op, &sq_coef))
         return NULL;
     strided g = {(const char *)(uintptr_t)gp, gs0, gs1, gdbl};
     Py_BEGIN_ALLOW_THREADS
     recon_backward((const void *)(uintptr_t)xp, (const void *)(uintptr_t)rp, n, f, dbl, mode, eps, log_eps, &g,
-                   (const double *)(uintptr_t)sp, (void *)(uintptr_t)op);
+                   (const double *)(uintptr_t)sp, sq_coef, (void *)(uintptr_t)op);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -573,8 +576,10 @@ static PyMethodDef methods[] = {
      "and, unless saved_ptr is 0, five float64 per row into saved (n, 5); mode 0 = relative distance,\n"
      "1 = log mean squared error."},
     {"recon_backward", py_recon_backward, METH_VARARGS,
-     "recon_backward(x_ptr, r_ptr, n, f, f64, mode, eps, log_eps, g_ptr, g_s0, g_s1, g_f64, saved_ptr, out_ptr)\n\n"
-     "Private to dagmm.features: the gradient with respect to x' of the features, into out (n, f)."},
+     "recon_backward(x_ptr, r_ptr, n, f, f64, mode, eps, log_eps, g_ptr, g_s0, g_s1, g_f64, saved_ptr, out_ptr,\n"
+     "               sq_coef=0.0)\n\n"
+     "Private to dagmm.features: the gradient with respect to x' of the features, into out (n, f), plus\n"
+     "sq_coef (x' - x): the gradient of sq_coef / 2 times the squared error (dagmm.train_step's loss)."},
     {"bias_tanh", py_bias_tanh, METH_VARARGS,
      "bias_tanh(y_ptr, b_ptr, n, m) -> None\n\n"
      "Private to dagmm.fused: y = tanh(y + b) in place for contiguous float32 y (n, m) and b (m,) (no bias\n"
@@ -583,6 +588,15 @@ static PyMethodDef methods[] = {
      "tanh_grad(g_ptr, y_ptr, out_ptr, gb_ptr, n, m) -> None\n\n"
      "Private to dagmm.fused: out = g (1 - y^2) for contiguous float32 (n, m) arrays and, unless gb_ptr is 0,\n"
      "the column sums of out into gb (m,)."},
+    {"head_forward", py_head_forward, METH_VARARGS,
+     "head_forward(x_ptr, x_s0, x_s1, n, din, w1_ptr, b1_ptr, h, w2_ptr, b2_ptr, k, u_ptr, u_s0, u_s1, keep,\n"
+     "             t_ptr, y_ptr) -> None\n\n"
+     "Private to dagmm.fused_head: the softmax head of float32 x (n, din): tanh activations into t (h, n),\n"
+     "outputs into y (k, n); dropout from the uniforms u (n, h) unless u_ptr is 0; biases may be 0."},
+    {"head_backward", py_head_backward, METH_VARARGS,
+     "head_backward(x_ptr, x_s0, x_s1, n, din, w1_ptr, h, w2_ptr, k, u_ptr, u_s0, u_s1, keep, t_ptr, y_ptr,\n"
+     "              g_ptr, g_s0, g_s1, gx_ptr, gw1_ptr, gb1_ptr, gw2_ptr, gb2_ptr) -> None\n\n"
+     "Private to dagmm.fused_head: gradients of head_forward for g (n, k); gx (din, n) unless gx_ptr is 0."},
     {NULL, NULL, 0, NULL},
 };
 

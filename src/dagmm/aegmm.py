@@ -31,6 +31,7 @@ from .auto import (
 )
 from .losses import loss_aegmm
 from .nets import AEGMMNet, paper_kddcup_nets
+from .train_step import aegmm_loss
 from .training import OptimizerArg, resolve_optimizer
 
 #: Learning rate and loss weights of user networks and the paper architecture (the paper's values).
@@ -329,6 +330,9 @@ class OutlierAEGMM(BaseDetector):
             model = self.aegmm
 
             def batch_loss(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                fast = aegmm_loss(model, xb, loss_fn, **kwargs)  # one node on the C kernels, where it applies
+                if fast is not None:
+                    return fast
                 x_recon, z, gamma = model(xb)
                 return loss_fn(xb, x_recon, z, gamma, **kwargs), x_recon
 

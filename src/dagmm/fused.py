@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
-from . import native
+from . import fused_head, native
 
 __all__ = ["buffer", "plan", "reuse_buffers", "run", "tanh"]
 
@@ -97,22 +97,34 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
 
 
-def _native_tanh(*tensors: torch.Tensor) -> bool:
-    """Whether the C tanh kernels take these tensors (float32 on the CPU, kernels built and on)."""
-    return all(t.dtype == torch.float32 for t in tensors) and native.usable(
-        *(t if t.dim() == 2 else t.reshape(1, -1) for t in tensors))
+def _native_tanh(x: torch.Tensor) -> bool:
+    """Whether the C tanh kernels take ``x`` (float32 on the CPU, non-empty, kernels built and on)."""
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() > 0 and native.enabled
+            and native.kernels is not None)
 
 
 class Plan:
-    """The layers of a fusable stack, flattened: ``ops`` holds (kind, module) pairs."""
+    """The layers of a fusable stack, flattened.
 
-    __slots__ = ("ops", "flatten", "unflatten", "params")
+    ``ops`` holds one ``(kind, module, weight, bias, link)`` tuple per layer:
+    the Linear's parameters as they are now (None for other layers), and
+    ``link`` = 1 for a Linear followed by a Tanh, 2 for a Linear followed
+    only by the closing Softmax, else 0.  ``c_tanh``: every parameter is a
+    float32 CPU tensor and every bias contiguous, as the C tanh kernels need.
+    """
+
+    __slots__ = ("ops", "flatten", "unflatten", "params", "c_tanh", "has_tanh", "head")
 
     def __init__(self, ops: list, flatten: bool, unflatten: Optional[tuple]) -> None:
         self.ops = ops
         self.flatten = flatten
         self.unflatten = unflatten
-        self.params = [p for kind, m in ops if kind == _LINEAR for p in (m.weight, m.bias) if p is not None]
+        self.params = [q for _, _, w, b, _ in ops if w is not None for q in (w, b) if q is not None]
+        self.c_tanh = all(q.dtype == torch.float32 and q.device.type == "cpu" for q in self.params) and all(
+            b is None or b.is_contiguous() for _, _, w, b, _ in ops if w is not None)
+        self.has_tanh = any(op[0] == _TANH for op in ops)
+        # a two-layer softmax head the C kernel of dagmm.fused_head computes whole
+        self.head = unflatten is None and fused_head.match(tuple(op[0] for op in ops))
 
 
 def _hooked(m: nn.Module) -> bool:
@@ -164,17 +176,22 @@ def plan(module: nn.Module) -> Optional[Plan]:
     for i, m in enumerate(leaves):
         kind = type(m)
         if kind is nn.Linear:
-            ops.append((_LINEAR, m))
+            ops.append([_LINEAR, m, m.weight, m.bias, 0])
         elif kind in _ELEMENTWISE:
-            ops.append((_ELEMENTWISE[kind], m))
+            ops.append([_ELEMENTWISE[kind], m, None, None, 0])
         elif kind is nn.Dropout:
-            ops.append((_DROPOUT, m))
+            ops.append([_DROPOUT, m, None, None, 0])
         elif kind is nn.Softmax and m.dim in (1, -1) and i == len(leaves) - 1:
-            ops.append((_SOFTMAX, m))
+            ops.append([_SOFTMAX, m, None, None, 0])
         elif kind is not nn.Identity:
             return None
-    if not any(kind == _LINEAR for kind, _ in ops):
+    if not any(op[0] == _LINEAR for op in ops):
         return None
+    for i in range(len(ops) - 1):
+        if ops[i][0] == _LINEAR:
+            nxt = ops[i + 1][0]
+            ops[i][4] = 1 if nxt == _TANH else 2 if nxt == _SOFTMAX and i + 2 == len(ops) else 0
+    ops = [tuple(op) for op in ops]
     return Plan(ops, flatten, unflatten)
 
 
@@ -185,16 +202,20 @@ def run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return module(x)
     h = x.flatten(1) if p.flatten else x  # (N, F)
     # Dropout's mode is read now: it is what module(x) would use.
-    spec = tuple((kind, m.p if kind == _DROPOUT and m.training else None) for kind, m in p.ops)
+    spec = tuple(m.p if kind == _DROPOUT and m.training else None for kind, m, _, _, _ in p.ops)
+    c_tanh = p.has_tanh and p.c_tanh and _native_tanh(h)
+    if c_tanh and p.head:
+        linears = [op[1] for op in p.ops if op[0] == _LINEAR]
+        return fused_head.run(h, linears[0], linears[1], spec[2] if len(spec) == 5 else None)
     if torch.is_grad_enabled() and (h.requires_grad or any(q.requires_grad for q in p.params)):
-        if not any(kind == _TANH for kind, _ in spec):
+        if not p.has_tanh:
             # Without tanh the fused forward is the module's own arithmetic, and torch's C++
             # autograd beats the Python backward below (an A/B of a ReLU auto-encoder's step:
             # 3.1 vs 3.3 ms): train with the module itself, score fused.
             return module(x)
-        out = _FusedStack.apply(h, spec, p.ops, *p.params)
+        out = _FusedStack.apply(h, spec, p.ops, c_tanh, *p.params)
     else:
-        out, _ = _forward(h, spec, p.ops, keep=False)
+        out, _ = _forward(h, spec, p.ops, c_tanh, keep=False)
     return out.unflatten(1, p.unflatten) if p.unflatten is not None else out
 
 
@@ -211,52 +232,44 @@ def _dropout_mask(h: torch.Tensor, prob: float) -> torch.Tensor:
     return torch.rand_like(h).add_(keep).floor_().div_(keep)
 
 
-def _softmax_tail(spec: tuple, i: int) -> bool:
-    """Whether op ``i`` is a Linear followed only by the closing Softmax."""
-    return i + 2 == len(spec) and spec[i + 1][0] == _SOFTMAX
+def _forward(h: torch.Tensor, spec: tuple, ops: list, c_tanh: bool, keep: bool) -> tuple[torch.Tensor, list]:
+    """Run the stack; with ``keep`` also return what the backward needs, one entry per op.
 
-
-def _forward(h: torch.Tensor, spec: tuple, ops: list, keep: bool) -> tuple[torch.Tensor, list]:
-    """Run the stack; with ``keep`` also return what the backward needs, one entry per op."""
+    ``spec`` holds each layer's dropout probability (None when it does not
+    drop); ``c_tanh``: a Linear followed by a Tanh runs as its bare product
+    and the C kernel (bias and tanh in one pass, dagmm/_native_act.c).
+    """
     saved: list = []
     # May h be overwritten?  Never the caller's input, nor a tensor kept for the backward.
     owned = False
     done = False  # the C kernel applied this tanh with its layer's product
-    for i, (kind, prob) in enumerate(spec):
-        m = ops[i][1]
+    for i, ((kind, m, w, b, link), prob) in enumerate(zip(ops, spec)):
         if done:
             saved.append(h if keep else None)
             owned, done = not keep, False
-            continue
-        if kind == _LINEAR and _softmax_tail(spec, i):
-            # A softmax over a short last axis costs several times one over the first:
-            # the last product is laid out (out, N), the result is its transposed view.
-            if m.bias is None:
-                out_t = torch.mm(m.weight, h.t())  # (out, N)
+        elif kind == _LINEAR:
+            if link == 2:
+                # A softmax over a short last axis costs several times one over the first:
+                # the last product is laid out (out, N), the result is its transposed view.
+                out_t = torch.mm(w, h.t()) if b is None else torch.addmm(b[:, None], w, h.t())  # (out, N)
+                y_t = torch.softmax(out_t, 0)  # (out, N)
+                saved += [h, y_t] if keep else [None, None]
+                return y_t.t(), saved
+            out = None if keep else buffer((id(m), "out"), h.shape[0], w.shape[0], h)  # (N, out)
+            if link == 1 and c_tanh:
+                out = torch.mm(h, w.t(), out=out)  # (N, out)
+                native.kernels.bias_tanh(out.data_ptr(), 0 if b is None else b.data_ptr(), *out.shape)
+                done = True
+            elif link == 1:
+                # tanh(a) = 2 sigmoid(2a) - 1: the inner 2 costs nothing inside the product
+                if b is None:
+                    out = torch.mm(h, w.t(), out=out).mul_(2.0)  # (N, out)
+                else:
+                    out = torch.addmm(b, h, w.t(), beta=2.0, alpha=2.0, out=out)  # (N, out)
+            elif b is None:
+                out = torch.mm(h, w.t(), out=out)  # (N, out)
             else:
-                out_t = torch.addmm(m.bias[:, None], m.weight, h.t())  # (out, N)
-            y_t = torch.softmax(out_t, 0)  # (out, N)
-            saved += [h if keep else None, y_t if keep else None]
-            return y_t.t(), saved
-        if kind == _LINEAR:
-            to_tanh = i + 1 < len(spec) and spec[i + 1][0] == _TANH
-            out = buffer((id(m), "out"), h.shape[0], m.out_features, h) if not keep else None  # (N, out)
-            if to_tanh and _native_tanh(h, m.weight, *([] if m.bias is None else [m.bias])) and (
-                    m.bias is None or m.bias.is_contiguous()):
-                # one pass for bias and tanh after the bare product (dagmm/_native_act.c)
-                out = torch.mm(h, m.weight.t(), out=out)  # (N, out)
-                native.kernels.bias_tanh(out.data_ptr(), 0 if m.bias is None else m.bias.data_ptr(), *out.shape)
-                saved.append(h if keep else None)
-                h, owned, done = out, True, True
-                continue
-            # tanh(a) = 2 sigmoid(2a) - 1: the inner 2 costs nothing inside the product
-            scale = 2.0 if to_tanh else 1.0
-            if m.bias is None:
-                out = torch.mm(h, m.weight.t(), out=out)  # (N, out)
-                if scale != 1.0:
-                    out.mul_(scale)
-            else:
-                out = torch.addmm(m.bias, h, m.weight.t(), beta=scale, alpha=scale, out=out)  # (N, out)
+                out = torch.addmm(b, h, w.t(), out=out)  # (N, out)
             saved.append(h if keep else None)
             h, owned = out, True
         elif kind == _DROPOUT:
@@ -266,7 +279,7 @@ def _forward(h: torch.Tensor, spec: tuple, ops: list, keep: bool) -> tuple[torch
             saved.append(mask if keep else None)
         else:
             if kind == _TANH:
-                if i > 0 and spec[i - 1][0] == _LINEAR:
+                if i > 0 and ops[i - 1][0] == _LINEAR:
                     h = h.sigmoid_()  # the product already holds 2a
                 else:
                     h = torch.sigmoid(h * 2.0)
@@ -286,77 +299,78 @@ class _FusedStack(torch.autograd.Function):
     """One autograd node for a whole stack; ``params`` are the Linear weights and biases in order."""
 
     @staticmethod
-    def forward(ctx, x, spec, ops, *params):
-        out, saved = _forward(x, spec, ops, keep=True)
-        ctx.spec, ctx.ops = spec, ops
+    def forward(ctx, x, spec, ops, c_tanh, *params):
+        out, saved = _forward(x, spec, ops, c_tanh, keep=True)
+        ctx.ops, ctx.c_tanh = ops, c_tanh
         ctx.slots = [s is not None for s in saved]
         ctx.save_for_backward(*[s for s in saved if s is not None])
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        spec, ops = ctx.spec, ctx.ops
         it = iter(ctx.saved_tensors)
         saved = [next(it) if slot else None for slot in ctx.slots]
-        need = ctx.needs_input_grad  # (x, spec, ops, *params)
-        param_grads: list = []
-        # the input gradient of op i is needed while an earlier op has a parameter, or x wants one
-        first_param = next((i for i, (kind, _) in enumerate(spec) if kind == _LINEAR), len(spec))
-        g = grad
-        bias_grad = None  # computed by the C kernel together with a tanh's backward
-        for i in range(len(spec) - 1, -1, -1):
-            kind, prob = spec[i]
-            if kind == _LINEAR and _softmax_tail(spec, i):
-                m = ops[i][1]
-                # g is the (out, N) gradient of the transposed product, see _forward
-                gb = g.sum(1) if m.bias is not None else None
+        need = ctx.needs_input_grad  # (x, spec, ops, c_tanh, *params)
+        g, grads = backward(ctx.ops, saved, grad, ctx.c_tanh, need[0])
+        grads = [gr if need[4 + j] else None for j, gr in enumerate(grads)]
+        return (g, None, None, None, *grads)
+
+
+def backward(ops: list, saved: list, grad: torch.Tensor, c_tanh: bool,
+             input_grad: bool) -> tuple[Optional[torch.Tensor], list]:
+    """Gradients of a stack run by :func:`_forward` with ``keep=True``, for the output gradient ``grad``.
+
+    Returns the input gradient (None unless ``input_grad``) and the
+    parameter gradients in the order of :attr:`Plan.params`.
+    """
+    param_grads: list = []
+    # the input gradient of op i is needed while an earlier op has a parameter, or x wants one
+    first_param = next(i for i, op in enumerate(ops) if op[0] == _LINEAR)
+    g = grad
+    bias_grad = None  # computed by the C kernel together with a tanh's backward
+    for i in range(len(ops) - 1, -1, -1):
+        kind, _, w, b, link = ops[i]
+        if kind == _LINEAR:
+            if link == 2:  # g is the (out, N) gradient of the transposed product, see _forward
+                gb = g.sum(1) if b is not None else None
                 gw = g.mm(saved[i])  # (out, in)
-                param_grads.append((gw, gb))
-                if i > first_param or need[0]:
-                    g = g.t().mm(m.weight)  # (N, in)
-                else:
-                    g = None
-                    break
-            elif kind == _LINEAR:
-                m = ops[i][1]
-                a = saved[i]
-                gb = bias_grad if bias_grad is not None else g.sum(0) if m.bias is not None else None
+                g_t = g.t()  # (N, out)
+            else:
+                gb = bias_grad if bias_grad is not None else g.sum(0) if b is not None else None
                 bias_grad = None
-                gw = g.t().mm(a)  # (out, in)
-                param_grads.append((gw, gb))
-                if i > first_param or need[0]:
-                    g = g.mm(m.weight)  # (N, in)
-                else:
-                    g = None
-                    break
-            elif kind == _DROPOUT:
-                if saved[i] is not None:
-                    g = g * saved[i]
-            elif kind == _TANH:
-                y = saved[i]
-                if g.is_contiguous() and y.is_contiguous() and g.shape == y.shape and _native_tanh(g, y):
-                    # g (1 - y^2) and, after a layer with a bias, its column sums in one pass
-                    m = ops[i - 1][1] if i > 0 and spec[i - 1][0] == _LINEAR else None
-                    out = torch.empty_like(y)
-                    if m is not None and m.bias is not None:
-                        bias_grad = y.new_empty(y.shape[1])
-                    native.kernels.tanh_grad(g.data_ptr(), y.data_ptr(), out.data_ptr(),
-                                             0 if bias_grad is None else bias_grad.data_ptr(), *y.shape)
-                    g = out
-                else:
-                    g = _aten.tanh_backward(g, y)
-            elif kind == _RELU:
-                g = _aten.threshold_backward(g, saved[i], 0)
-            elif kind == _SIGMOID:
-                g = _aten.sigmoid_backward(g, saved[i])
-            elif i > 0 and _softmax_tail(spec, i - 1):  # saved (out, N), see _forward
-                g = _aten._softmax_backward_data(g.t().contiguous(), saved[i], 0, saved[i].dtype)  # (out, N)
-            else:  # _SOFTMAX
-                g = _aten._softmax_backward_data(g, saved[i], 1, saved[i].dtype)
-        grads: list = []
-        for gw, gb in reversed(param_grads):
-            grads.append(gw)
-            if gb is not None:
-                grads.append(gb)
-        grads = [gr if need[3 + j] else None for j, gr in enumerate(grads)]
-        return (g if need[0] else None, None, None, *grads)
+                gw = g.t().mm(saved[i])  # (out, in)
+                g_t = g
+            param_grads.append((gw, gb))
+            if i == first_param and not input_grad:
+                g = None
+                break
+            g = g_t.mm(w)  # (N, in)
+        elif kind == _DROPOUT:
+            if saved[i] is not None:
+                g = g * saved[i]
+        elif kind == _TANH:
+            y = saved[i]
+            if c_tanh and g.dtype == y.dtype and g.shape == y.shape and g.is_contiguous() and y.is_contiguous():
+                # g (1 - y^2) and, after a layer with a bias, its column sums in one pass
+                out = torch.empty_like(y)
+                if i > 0 and ops[i - 1][0] == _LINEAR and ops[i - 1][3] is not None:
+                    bias_grad = y.new_empty(y.shape[1])
+                native.kernels.tanh_grad(g.data_ptr(), y.data_ptr(), out.data_ptr(),
+                                         0 if bias_grad is None else bias_grad.data_ptr(), *y.shape)
+                g = out
+            else:
+                g = _aten.tanh_backward(g, y)
+        elif kind == _RELU:
+            g = _aten.threshold_backward(g, saved[i], 0)
+        elif kind == _SIGMOID:
+            g = _aten.sigmoid_backward(g, saved[i])
+        elif i > 0 and ops[i - 1][4] == 2:  # saved (out, N), see _forward
+            g = _aten._softmax_backward_data(g.t().contiguous(), saved[i], 0, saved[i].dtype)  # (out, N)
+        else:  # _SOFTMAX
+            g = _aten._softmax_backward_data(g, saved[i], 1, saved[i].dtype)
+    grads: list = []
+    for gw, gb in reversed(param_grads):
+        grads.append(gw)
+        if gb is not None:
+            grads.append(gb)
+    return (g if input_grad else None), grads

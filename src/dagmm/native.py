@@ -1,14 +1,18 @@
-"""The optional C kernels (``src/dagmm/_native.c``) and the switch that selects them.
+"""The optional C kernels (``src/dagmm/_native*.c``) and the switch that selects them.
 
-``setup.py`` compiles one small C file at install time where a C compiler is
-present (no torch headers, about a second).  It holds the mixture objective
-(:mod:`dagmm.objective`) and the reconstruction features
-(:mod:`dagmm.features`) for CPU tensors: the same formulas as the torch code,
-without the per-operation dispatch that dominates those small computations
-(``benchmarks/results/NOTES-speed.md``, fourth pass).  Where it was not built,
-the torch code runs instead, with the same results up to rounding;
-``tests/test_objective.py`` and ``tests/test_features.py`` run on both and
-``tests/test_native.py`` compares them; ``benchmarks/native_ab.py`` times them.
+``setup.py`` compiles a few small C files at install time where a C compiler
+is present (no torch headers, a few seconds).  They hold, for CPU tensors: the
+mixture objective (:mod:`dagmm.objective`) and the reconstruction features
+(:mod:`dagmm.features`) in ``_native.c``; the tanh layers of fused stacks
+(:mod:`dagmm.fused`) in ``_native_act.c``; the estimation network as a whole
+(:mod:`dagmm.fused_head`) in ``_native_head.c``.  :mod:`dagmm.train_step`
+strings them together into the default training loss.  They compute the same
+formulas as the torch code without the per-operation dispatch that dominates
+these small computations (``benchmarks/results/NOTES-speed.md``, fourth and
+fifth passes).  Where they were not built, the torch code runs instead, with
+the same results up to rounding; the tests run both and compare them
+(``tests/test_native.py``, ``tests/test_train_step.py`` and the
+``kernel_backend`` fixture); ``benchmarks/native_ab.py`` times them.
 
 ``DAGMM_NATIVE=0`` in the environment (read at import) or ``dagmm.native.enabled
 = False`` turns the kernels off.

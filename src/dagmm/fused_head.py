@@ -1,0 +1,104 @@
+"""A two-layer softmax head (DAGMM's estimation network) on the C kernel of ``dagmm/_native_head.c``.
+
+:func:`dagmm.fused.run` hands a stack here when it is exactly ``Linear, Tanh,
+[Dropout,] Linear, Softmax(dim=1)`` with float32 CPU parameters and input and
+the kernels are built and on (:mod:`dagmm.native`).  The result is the same
+function as the torch code of :mod:`dagmm.fused` up to float32 rounding, laid
+out the same way (the transposed view of a (k, N) tensor), with the same
+dropout draws: the uniforms come from torch's generator exactly as
+``fused._dropout_mask`` draws them.  Forward and backward are one kernel call
+each instead of about twenty torch operations (``benchmarks/results/NOTES-speed.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import native
+
+__all__ = ["match", "run"]
+
+
+def match(kinds: tuple) -> bool:
+    """Whether a plan's layer kinds are a head this kernel computes (see :mod:`dagmm.fused`)."""
+    from .fused import _DROPOUT, _LINEAR, _SOFTMAX, _TANH
+
+    return kinds in ((_LINEAR, _TANH, _LINEAR, _SOFTMAX), (_LINEAR, _TANH, _DROPOUT, _LINEAR, _SOFTMAX))
+
+
+def run(x: torch.Tensor, first, second, prob: Optional[float]) -> torch.Tensor:
+    """The head's output (N, k) for float32 CPU ``x`` (N, din); ``first`` / ``second`` are the two Linears.
+
+    ``prob``: the dropout probability in effect (None or 0 for none).
+    """
+    w1, b1, w2, b2 = first.weight, first.bias, second.weight, second.bias
+    params = [p for p in (w1, b1, w2, b2) if p is not None]
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return _Head.apply(x, prob, b1 is not None, b2 is not None, *params)
+    y, _, _ = _forward(x, w1, b1, w2, b2, prob)
+    return y.t()
+
+
+def _uniforms(n: int, h: int, prob: Optional[float]) -> tuple[Optional[torch.Tensor], float]:
+    """The draws of ``fused._dropout_mask`` for an (n, h) activation, and the keep probability."""
+    if not prob:
+        return None, 1.0
+    if prob >= 1.0:  # everything dropped; nothing drawn, as fused._dropout_mask
+        return torch.zeros((n, h)), 0.0
+    return torch.rand((n, h)), 1.0 - prob
+
+
+def _forward(x, w1, b1, w2, b2, prob):
+    n, din = x.shape
+    h, k = w1.shape[0], w2.shape[0]
+    u, keep = _uniforms(n, h, prob)
+    t = x.new_empty((h, n))
+    y = x.new_empty((k, n))
+    w1c, w2c = w1.detach().contiguous(), w2.detach().contiguous()
+    native.kernels.head_forward(
+        x.data_ptr(), *x.stride(), n, din, w1c.data_ptr(), 0 if b1 is None else b1.detach().contiguous().data_ptr(),
+        h, w2c.data_ptr(), 0 if b2 is None else b2.detach().contiguous().data_ptr(), k,
+        0 if u is None else u.data_ptr(), *(u.stride() if u is not None else (0, 0)), keep,
+        t.data_ptr(), y.data_ptr())
+    return y, t, u
+
+
+class _Head(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, prob, has_b1, has_b2, *params):
+        it = iter(params)
+        w1 = next(it)
+        b1 = next(it) if has_b1 else None
+        w2 = next(it)
+        b2 = next(it) if has_b2 else None
+        y, t, u = _forward(x, w1, b1, w2, b2, prob)
+        ctx.prob, ctx.has_b1, ctx.has_b2 = prob, has_b1, has_b2
+        ctx.save_for_backward(x, w1, w2, t, y, *([u] if u is not None else []))
+        return y.t()  # (N, k) view of (k, N)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        x, w1, w2, t, y, *rest = ctx.saved_tensors
+        u = rest[0] if rest else None
+        keep = 1.0 if u is None else (0.0 if ctx.prob >= 1.0 else 1.0 - ctx.prob)
+        n, din = x.shape
+        h, k = w1.shape[0], w2.shape[0]
+        need = ctx.needs_input_grad  # (x, prob, has_b1, has_b2, *params)
+        g = g if g.dtype == torch.float32 else g.float()
+        gx = x.new_empty((din, n)) if need[0] else None
+        gw1, gw2 = torch.empty_like(w1), torch.empty_like(w2)
+        gb1 = w1.new_empty(h) if ctx.has_b1 else None
+        gb2 = w2.new_empty(k) if ctx.has_b2 else None
+        w1c, w2c = w1.contiguous(), w2.contiguous()
+        native.kernels.head_backward(
+            x.data_ptr(), *x.stride(), n, din, w1c.data_ptr(), h, w2c.data_ptr(), k,
+            0 if u is None else u.data_ptr(), *(u.stride() if u is not None else (0, 0)), keep,
+            t.data_ptr(), y.data_ptr(), g.data_ptr(), *g.stride(), 0 if gx is None else gx.data_ptr(),
+            gw1.data_ptr(), 0 if gb1 is None else gb1.data_ptr(), gw2.data_ptr(), 0 if gb2 is None else gb2.data_ptr())
+        grads = [gw1, *([gb1] if gb1 is not None else []), gw2, *([gb2] if gb2 is not None else [])]
+        grads = [gr if need[4 + j] else None for j, gr in enumerate(grads)]
+        return (None if gx is None else gx.t(), None, None, None, *grads)
