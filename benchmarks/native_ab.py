@@ -1,10 +1,13 @@
 """The training step with the C kernels of ``dagmm.native`` against the torch code, in one process.
 
 Builds the paper's KDDCUP network (120 inputs), then alternates rounds of
-training steps (batch 1024, fused Adam, random rows of a synthetic array) with
-``dagmm.native.enabled`` on and off, so both see the same moments of a host
-whose speed drifts.  Prints ms per step for each round, the median of the
-per-round ratios, and the ATen operations per step of each (counted with a
+training steps (batch 1024, fused Adam, random rows of a synthetic array) in
+three ways, so all see the same moments of a host whose speed drifts:
+``torch`` (``dagmm.native.enabled`` off: the modules and losses in torch
+code), ``native`` (the modules and ``loss_aegmm`` with the kernels on) and
+``one node`` (:func:`dagmm.train_step.aegmm_loss`, what ``OutlierAEGMM.fit``
+uses).  Prints ms per step for each round, the median of the per-round ratios
+to ``torch``, and the ATen operations per step of each (counted with a
 ``TorchDispatchMode``).
 
     PYTHONPATH=src python3 benchmarks/native_ab.py [--rounds 10] [--steps 40]
@@ -22,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from dagmm import OutlierAEGMM, native
 from dagmm.losses import loss_aegmm
+from dagmm.train_step import aegmm_loss
 from dagmm.training import default_adam
 
 
@@ -48,38 +52,42 @@ def main(argv=None) -> int:
     model = od.aegmm.train()
     opt = default_adam(model.parameters(), 1e-4)
 
-    def steps(n: int) -> float:
+    def steps(n: int, one_node: bool) -> float:
         perm = torch.randperm(X.shape[0])
         t0 = time.perf_counter()
         for s in range(n):
             xb = X.index_select(0, perm[s * 1024:(s + 1) * 1024])
-            x_recon, z, gamma = model(xb)
-            loss = loss_aegmm(xb, x_recon, z, gamma, w_energy=0.1, w_cov_diag=0.005)
+            if one_node:
+                loss, _ = aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005)
+            else:
+                x_recon, z, gamma = model(xb)
+                loss = loss_aegmm(xb, x_recon, z, gamma, w_energy=0.1, w_cov_diag=0.005)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         return (time.perf_counter() - t0) / n * 1e3
 
-    times: dict[str, list[float]] = {"torch": [], "native": []}
+    variants = {"torch": (False, False), "native": (True, False), "one node": (True, True)}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     ops = {}
-    for name in times:
-        native.enabled = name == "native"
-        steps(5)  # warm-up
+    for name, (kernels, one_node) in variants.items():
+        native.enabled = kernels
+        steps(5, one_node)  # warm-up
         with _Count() as count:
-            steps(2)
+            steps(2, one_node)
         ops[name] = count.n / 2
     for r in range(args.rounds):
-        for name in times:
-            native.enabled = name == "native"
-            times[name].append(steps(args.steps))
-        print(f"round {r}: torch {times['torch'][-1]:.2f} ms, native {times['native'][-1]:.2f} ms", flush=True)
+        for name, (kernels, one_node) in variants.items():
+            native.enabled = kernels
+            times[name].append(steps(args.steps, one_node))
+        print(f"round {r}: " + ", ".join(f"{name} {v[-1]:.2f} ms" for name, v in times.items()), flush=True)
     native.enabled = True
-    ratios = [a / b for a, b in zip(times["native"], times["torch"])]
-    print("\n| code | ms/step (min) | ms/step (median) | ATen ops/step |\n|---|---:|---:|---:|")
+    print("\n| code | ms/step (min) | ms/step (median) | ATen ops/step | to torch, median of per-round ratios |"
+          "\n|---|---:|---:|---:|---:|")
     for name, v in times.items():
-        print(f"| {name} | {min(v):.2f} | {statistics.median(v):.2f} | {ops[name]:.0f} |")
-    print(f"\nnative / torch, median of per-round ratios: {statistics.median(ratios):.3f} "
-          f"(native faster in {sum(x < 1 for x in ratios)} of {len(ratios)} rounds)")
+        ratios = [a / b for a, b in zip(v, times["torch"])]
+        print(f"| {name} | {min(v):.2f} | {statistics.median(v):.2f} | {ops[name]:.0f} | "
+              f"{statistics.median(ratios):.3f} (faster in {sum(x < 1 for x in ratios)} of {len(ratios)}) |")
     return 0
 
 

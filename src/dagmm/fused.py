@@ -51,6 +51,9 @@ __all__ = ["buffer", "plan", "reuse_buffers", "run", "tanh"]
 _LINEAR, _TANH, _RELU, _SIGMOID, _DROPOUT, _SOFTMAX = range(6)
 _ELEMENTWISE = {nn.Tanh: _TANH, nn.ReLU: _RELU, nn.Sigmoid: _SIGMOID}
 _aten = torch.ops.aten
+_F32 = torch.float32
+# layer kinds of the two-layer softmax heads that dagmm.fused_head computes in C
+_HEADS = ((_LINEAR, _TANH, _LINEAR, _SOFTMAX), (_LINEAR, _TANH, _DROPOUT, _LINEAR, _SOFTMAX))
 
 
 _ARENA = threading.local()
@@ -119,12 +122,19 @@ class Plan:
         self.ops = ops
         self.flatten = flatten
         self.unflatten = unflatten
-        self.params = [q for _, _, w, b, _ in ops if w is not None for q in (w, b) if q is not None]
-        self.c_tanh = all(q.dtype == torch.float32 and q.device.type == "cpu" for q in self.params) and all(
-            b is None or b.is_contiguous() for _, _, w, b, _ in ops if w is not None)
-        self.has_tanh = any(op[0] == _TANH for op in ops)
+        params, c_tanh = [], True
+        for _, _, w, b, _ in ops:
+            if w is not None:
+                params.append(w)
+                c_tanh = c_tanh and w.dtype == _F32 and w.device.type == "cpu"
+                if b is not None:
+                    params.append(b)
+                    c_tanh = c_tanh and b.dtype == _F32 and b.device.type == "cpu" and b.is_contiguous()
+        self.params, self.c_tanh = params, c_tanh
+        kinds = tuple(op[0] for op in ops)
+        self.has_tanh = _TANH in kinds
         # a two-layer softmax head the C kernel of dagmm.fused_head computes whole
-        self.head = unflatten is None and fused_head.match(tuple(op[0] for op in ops))
+        self.head = unflatten is None and kinds in _HEADS
 
 
 def _hooked(m: nn.Module) -> bool:
@@ -176,7 +186,10 @@ def plan(module: nn.Module) -> Optional[Plan]:
     for i, m in enumerate(leaves):
         kind = type(m)
         if kind is nn.Linear:
-            ops.append([_LINEAR, m, m.weight, m.bias, 0])
+            w = m._parameters.get("weight")  # the dict itself: Module.__getattr__ costs more than the walk
+            if w is None:  # a weight that is no longer a parameter of this module (replaced by user code)
+                return None
+            ops.append([_LINEAR, m, w, m._parameters.get("bias"), 0])
         elif kind in _ELEMENTWISE:
             ops.append([_ELEMENTWISE[kind], m, None, None, 0])
         elif kind is nn.Dropout:

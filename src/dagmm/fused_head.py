@@ -1,7 +1,7 @@
 """A two-layer softmax head (DAGMM's estimation network) on the C kernel of ``dagmm/_native_head.c``.
 
 :func:`dagmm.fused.run` hands a stack here when it is exactly ``Linear, Tanh,
-[Dropout,] Linear, Softmax(dim=1)`` with float32 CPU parameters and input and
+[Dropout,] Linear, Softmax(dim=1)`` (``dagmm.fused._HEADS``) with float32 CPU parameters and input and
 the kernels are built and on (:mod:`dagmm.native`).  The result is the same
 function as the torch code of :mod:`dagmm.fused` up to float32 rounding, laid
 out the same way (the transposed view of a (k, N) tensor), with the same
@@ -19,14 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from . import native
 
-__all__ = ["match", "run"]
-
-
-def match(kinds: tuple) -> bool:
-    """Whether a plan's layer kinds are a head this kernel computes (see :mod:`dagmm.fused`)."""
-    from .fused import _DROPOUT, _LINEAR, _SOFTMAX, _TANH
-
-    return kinds in ((_LINEAR, _TANH, _LINEAR, _SOFTMAX), (_LINEAR, _TANH, _DROPOUT, _LINEAR, _SOFTMAX))
+__all__ = ["run"]
 
 
 def run(x: torch.Tensor, first, second, prob: Optional[float]) -> torch.Tensor:
