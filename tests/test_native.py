@@ -24,6 +24,27 @@ def _built(monkeypatch):
     monkeypatch.setattr(native, "enabled", True)  # restored after the test
 
 
+def _spy_on_kernels(monkeypatch) -> list:
+    """Route ``native.kernels`` through a recorder; returns the list of kernel names called."""
+    calls = []
+    real = native.kernels
+
+    class Spy:
+        def __getattr__(self, name):
+            def call(*args):
+                calls.append(name)
+                return getattr(real, name)(*args)
+            return call
+
+    monkeypatch.setattr(native, "kernels", Spy())
+    return calls
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch) -> list:
+    return _spy_on_kernels(monkeypatch)
+
+
 def test_objective_kernel_agrees_with_the_torch_code():
     z = (torch.randn(1024, 3, dtype=torch.float64) @ torch.randn(3, 3, dtype=torch.float64) + 5.0).float()
     gamma = torch.softmax(2 * torch.randn(1024, 4), 1)
@@ -61,18 +82,8 @@ def test_feature_kernel_agrees_with_the_torch_code(fn):
     torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6 * g2.abs().max().item())
 
 
-def test_kernels_used_for_cpu_float_and_skipped_otherwise(monkeypatch):
-    calls = []
-    real = native.kernels
-
-    class Spy:
-        def __getattr__(self, name):
-            def call(*args):
-                calls.append(name)
-                return getattr(real, name)(*args)
-            return call
-
-    monkeypatch.setattr(native, "kernels", Spy())
+def test_kernels_used_for_cpu_float_and_skipped_otherwise(kernel_calls):
+    calls = kernel_calls
     z, gamma = torch.randn(50, 3, requires_grad=True), torch.softmax(torch.randn(50, 2), 1)
     mixture_objective(z, gamma, 0.1, 0.005).backward()
     x = torch.randn(50, 8)
@@ -117,21 +128,11 @@ def test_bias_tanh_and_tanh_grad_kernels_against_torch():
 
 
 def test_fused_tanh_stack_uses_the_kernels_and_matches_the_module(monkeypatch):
-    calls = []
-    real = native.kernels
-
-    class Spy:
-        def __getattr__(self, name):
-            def call(*args):
-                calls.append(name)
-                return getattr(real, name)(*args)
-            return call
-
     seq = nn.Sequential(nn.Linear(12, 9), nn.Tanh(), nn.Linear(9, 5, bias=False), nn.Tanh(), nn.Linear(5, 2))
     x = torch.randn(64, 12, requires_grad=True)
     ref = seq(x)
     ref_grads = torch.autograd.grad(ref, [x, *seq.parameters()], torch.ones_like(ref))
-    monkeypatch.setattr(native, "kernels", Spy())
+    calls = _spy_on_kernels(monkeypatch)
     y = fused.run(seq, x)
     grads = torch.autograd.grad(y, [x, *seq.parameters()], torch.ones_like(y))
     assert calls == ["bias_tanh", "bias_tanh", "tanh_grad", "tanh_grad"]

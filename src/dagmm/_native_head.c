@@ -57,6 +57,22 @@ static void transpose_in(const view32 *x, Py_ssize_t n, int din, float *restrict
             xt[c * n + i] = x->data[i * x->s0 + c * x->s1];
 }
 
+/* out[i] = bias + sum_c w[c * w_step] in[c * n + i] for the n rows: one layer's output row (features, N) */
+static inline void affine_rows(float *restrict out, float bias, const float *w, Py_ssize_t w_step, int n_in,
+                               const float *restrict in, Py_ssize_t n)
+{
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < n; i++)
+        out[i] = bias;
+    for (int c = 0; c < n_in; c++) {
+        const float wc = w[c * w_step];
+        const float *restrict ic = in + c * n;
+#pragma omp simd
+        for (Py_ssize_t i = 0; i < n; i++)
+            out[i] += wc * ic[i];
+    }
+}
+
 /* t (h, N) = tanh(W1 x + b1); y (k, N) = softmax(W2 (t * mask) + b2) over k.
    work: (din + h) * N floats. */
 KERNEL_FMA static void head_forward(const view32 *x, Py_ssize_t n, int din, const float *w1, const float *b1, int h,
@@ -67,17 +83,7 @@ KERNEL_FMA static void head_forward(const view32 *x, Py_ssize_t n, int din, cons
     transpose_in(x, n, din, xt);
     for (int j = 0; j < h; j++) {
         float *restrict tj = t + j * n;
-        const float bj = b1 ? b1[j] : 0.0f;
-#pragma omp simd
-        for (Py_ssize_t i = 0; i < n; i++)
-            tj[i] = bj;
-        for (int c = 0; c < din; c++) {
-            const float wjc = w1[j * din + c];
-            const float *restrict xc = xt + c * n;
-#pragma omp simd
-            for (Py_ssize_t i = 0; i < n; i++)
-                tj[i] += wjc * xc[i];
-        }
+        affine_rows(tj, b1 ? b1[j] : 0.0f, w1 + j * din, 1, din, xt, n);
 #pragma omp simd
         for (Py_ssize_t i = 0; i < n; i++)
             tj[i] = tanh_f(tj[i]);
@@ -88,20 +94,8 @@ KERNEL_FMA static void head_forward(const view32 *x, Py_ssize_t n, int din, cons
         }
     }
     const float *d = u ? dropped : t;
-    for (int o = 0; o < k; o++) {
-        float *restrict yo = y + o * n;
-        const float bo = b2 ? b2[o] : 0.0f;
-#pragma omp simd
-        for (Py_ssize_t i = 0; i < n; i++)
-            yo[i] = bo;
-        for (int j = 0; j < h; j++) {
-            const float woj = w2[o * h + j];
-            const float *restrict dj = d + j * n;
-#pragma omp simd
-            for (Py_ssize_t i = 0; i < n; i++)
-                yo[i] += woj * dj[i];
-        }
-    }
+    for (int o = 0; o < k; o++)
+        affine_rows(y + o * n, b2 ? b2[o] : 0.0f, w2 + o * h, 1, h, d, n);
     /* softmax over k per row: the largest logit out first, as torch.softmax does */
     float *restrict mx = xt; /* reuse: (N,) */
 #pragma omp simd
@@ -191,16 +185,7 @@ KERNEL_FMA static void head_backward(const view32 *x, Py_ssize_t n, int din, con
     for (int j = 0; j < h; j++) {
         float *restrict ghj = gh + j * n;
         const float *restrict tj = t + j * n;
-#pragma omp simd
-        for (Py_ssize_t i = 0; i < n; i++)
-            ghj[i] = 0.0f;
-        for (int o = 0; o < k; o++) {
-            const float woj = w2[o * h + j];
-            const float *restrict gao = ga + o * n;
-#pragma omp simd
-            for (Py_ssize_t i = 0; i < n; i++)
-                ghj[i] += woj * gao[i];
-        }
+        affine_rows(ghj, 0.0f, w2 + j, h, k, ga, n); /* column j of W2 */
         if (u) {
             for (Py_ssize_t i = 0; i < n; i++)
                 ghj[i] *= mask_of(u, i, j, keep);
@@ -214,19 +199,8 @@ KERNEL_FMA static void head_backward(const view32 *x, Py_ssize_t n, int din, con
             gw1[j * din + c] = (float)dot_rows(ghj, xt + c * n, n);
     }
     if (gx) {
-        for (int c = 0; c < din; c++) {
-            float *restrict gxc = gx + c * n;
-#pragma omp simd
-            for (Py_ssize_t i = 0; i < n; i++)
-                gxc[i] = 0.0f;
-            for (int j = 0; j < h; j++) {
-                const float wjc = w1[j * din + c];
-                const float *restrict ghj = gh + j * n;
-#pragma omp simd
-                for (Py_ssize_t i = 0; i < n; i++)
-                    gxc[i] += wjc * ghj[i];
-            }
-        }
+        for (int c = 0; c < din; c++)
+            affine_rows(gx + c * n, 0.0f, w1 + c, din, h, gh, n); /* column c of W1 */
     }
 }
 
