@@ -5,9 +5,8 @@ batch's matrix products are too small to keep two cores busy inside one
 product, and every elementwise pass and every Python call between operations
 leaves a core idle.  Giving each thread its own batches, with torch's
 intra-op parallelism set to one thread inside it, keeps every core on useful
-work: scoring 1 M rows of the KDDCUP net took 0.66 s this way against 0.82 s
-with both cores inside each operation (``benchmarks/speed.py`` reports the
-current figure).
+work (``benchmarks/results/NOTES-speed.md``, fifth pass; ``benchmarks/speed.py``
+measures scoring against the products' limit).
 
 Threads: ``torch.get_num_threads()`` of the calling thread, at most one per
 batch; on other devices, or with one thread or one batch, the batches run in

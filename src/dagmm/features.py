@@ -170,8 +170,16 @@ class _NativeReconPair(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         x, r, saved = ctx.saved_tensors
-        out = torch.empty_like(r)
-        native.kernels.recon_backward(x.data_ptr(), r.data_ptr(), x.shape[0], x.shape[1], x.dtype == torch.float64,
-                                      _MODES[ctx.first], RECON_EPS, LOG_MSE_EPS, grad.data_ptr(), *grad.stride(),
-                                      grad.dtype == torch.float64, saved.data_ptr(), out.data_ptr())
-        return None, out.view(ctx.shape), None
+        return None, _native_backward(x, r, ctx.first, grad, saved).view(ctx.shape), None
+
+
+def _native_backward(x: torch.Tensor, r: torch.Tensor, first: str, grad: torch.Tensor, saved: torch.Tensor,
+                     sq_coef: float = 0.0) -> torch.Tensor:
+    """d/dx' (N, F) of the features by the C kernel for ``grad`` (N, 2), any strides, and ``saved`` from
+    :func:`_native_forward`; plus ``sq_coef (x' - x)``, the gradient of ``sq_coef / 2`` times the squared
+    error (the loss of :mod:`dagmm.train_step` adds it here)."""
+    out = torch.empty_like(r)
+    native.kernels.recon_backward(x.data_ptr(), r.data_ptr(), x.shape[0], x.shape[1], x.dtype == torch.float64,
+                                  _MODES[first], RECON_EPS, LOG_MSE_EPS, grad.data_ptr(), *grad.stride(),
+                                  grad.dtype == torch.float64, saved.data_ptr(), out.data_ptr(), sq_coef)
+    return out

@@ -218,8 +218,7 @@ def run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     spec = tuple(m.p if kind == _DROPOUT and m.training else None for kind, m, _, _, _ in p.ops)
     c_tanh = p.has_tanh and p.c_tanh and _native_tanh(h)
     if c_tanh and p.head:
-        linears = [op[1] for op in p.ops if op[0] == _LINEAR]
-        return fused_head.run(h, linears[0], linears[1], spec[2] if len(spec) == 5 else None)
+        return fused_head.run(h, p, spec)
     if torch.is_grad_enabled() and (h.requires_grad or any(q.requires_grad for q in p.params)):
         if not p.has_tanh:
             # Without tanh the fused forward is the module's own arithmetic, and torch's C++

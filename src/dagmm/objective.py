@@ -91,22 +91,33 @@ def mixture_objective(
     return _MixtureObjective.apply(z, gamma, *args)
 
 
+def native_objective(z: torch.Tensor, gamma: torch.Tensor, w_energy: float, w_cov_diag: float,
+                     cov_eps: float) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Value, dJ/dz (D, N) and dJ/dgamma (K, N) from the C kernel, for CPU float ``z`` and ``gamma`` of any strides.
+
+    The gradients are laid out like the torch code's arrays (rows along the
+    last axis); callers hand them on as transposed views.  Raises the same
+    :class:`dagmm.gmm.CholeskyError` as the torch code.
+    """
+    n, d = z.shape
+    k = gamma.shape[1]
+    grad_z = torch.empty((d, n), dtype=z.dtype)
+    grad_gamma = torch.empty((k, n), dtype=gamma.dtype)
+    value, jitter, bad, finite = native.kernels.mixture_objective(
+        z.data_ptr(), *z.stride(), z.dtype == torch.float64,
+        gamma.data_ptr(), *gamma.stride(), gamma.dtype == torch.float64,
+        grad_z.data_ptr(), grad_gamma.data_ptr(), n, d, k, w_energy, w_cov_diag, cov_eps, _JITTER_TRIES)
+    if bad:
+        raise _cholesky_failure(bad, jitter, finite)
+    return value, grad_z, grad_gamma
+
+
 class _NativeObjective(torch.autograd.Function):
     """:class:`_MixtureObjective` computed by the C kernel; both gradients come from the forward."""
 
     @staticmethod
     def forward(ctx, z, gamma, w_energy, w_cov_diag, cov_eps):
-        n, d = z.shape
-        k = gamma.shape[1]
-        # laid out (D, N) and (K, N) like the torch code's arrays; returned as transposed views
-        grad_z = torch.empty((d, n), dtype=z.dtype)
-        grad_gamma = torch.empty((k, n), dtype=gamma.dtype)
-        value, jitter, bad, finite = native.kernels.mixture_objective(
-            z.data_ptr(), *z.stride(), z.dtype == torch.float64,
-            gamma.data_ptr(), *gamma.stride(), gamma.dtype == torch.float64,
-            grad_z.data_ptr(), grad_gamma.data_ptr(), n, d, k, w_energy, w_cov_diag, cov_eps, _JITTER_TRIES)
-        if bad:
-            raise _cholesky_failure(bad, jitter, finite)
+        value, grad_z, grad_gamma = native_objective(z, gamma, w_energy, w_cov_diag, cov_eps)
         ctx.save_for_backward(grad_z.T, grad_gamma.T)
         return torch.tensor(value, dtype=torch.float64)
 
