@@ -11,7 +11,8 @@ setup(
     ext_modules=[
         Extension(
             "dagmm._native",
-            sources=["src/dagmm/_native.c", "src/dagmm/_native_act.c", "src/dagmm/_native_head.c"],
+            sources=["src/dagmm/_native.c", "src/dagmm/_native_act.c", "src/dagmm/_native_head.c",
+                     "src/dagmm/_native_mlp.c"],
             depends=["src/dagmm/_native.h"],
             # -fopenmp-simd: only the "omp simd" loop hints (vectorised sums), no OpenMP runtime;
             # -fno-trapping-math: selects instead of branches in vector loops (same values computed)

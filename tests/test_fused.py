@@ -55,14 +55,17 @@ def test_fused_matches_module_float64(name):
 
 
 @pytest.mark.parametrize("name", list(_stacks()))
-def test_fused_float32_close_and_inference_path_identical(name):
+def test_fused_float32_close_and_inference_path_consistent(name, kernel_backend):
     seq, shape = _stacks()[name]
     seq.eval()
     x = torch.randn(shape)
     with torch.inference_mode():
         y_inf = fused.run(seq, x)
     y = fused.run(seq, x.clone().requires_grad_(True))
-    torch.testing.assert_close(y.detach(), y_inf, rtol=0, atol=0)  # scoring sees what training saw
+    # Scoring sees what training saw: bit for bit on the torch code; the C inference kernel
+    # (dagmm/_native_mlp.c) sums the products in another order, so to float32 rounding there.
+    tol = 0 if kernel_backend == "torch" else 2e-6
+    torch.testing.assert_close(y.detach(), y_inf, rtol=tol, atol=tol)
     torch.testing.assert_close(y_inf, seq(x), rtol=1e-5, atol=1e-6)
 
 
@@ -71,8 +74,8 @@ def test_gradient_path_fused_only_with_tanh():
     with_tanh, relu_only = mlp([12, 6, 3], nn.Tanh), mlp([12, 6, 3], nn.ReLU)
     assert type(fused.run(with_tanh, x).grad_fn).__name__ == "_FusedStackBackward"
     assert type(fused.run(relu_only, x).grad_fn).__name__ == "AddmmBackward0"  # the module itself
-    with torch.no_grad():  # scoring is fused either way, and equals the module bit for bit without tanh
-        assert torch.equal(fused.run(relu_only, x), relu_only(x))
+    with torch.no_grad():  # scoring is fused either way
+        torch.testing.assert_close(fused.run(relu_only, x), relu_only(x), rtol=1e-5, atol=1e-6)
 
 
 def test_fast_tanh_accuracy():

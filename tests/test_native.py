@@ -142,3 +142,84 @@ def test_fused_tanh_stack_uses_the_kernels_and_matches_the_module(monkeypatch):
     calls.clear()
     fused.run(seq.double(), x.detach().double())  # float64 stacks keep the torch code
     assert calls == []
+
+
+def _mlp_reference(x: torch.Tensor, layers: list) -> torch.Tensor:
+    h = x.double()
+    for w, b, act in layers:
+        h = h @ w.double().T + (0.0 if b is None else b.double())
+        h = torch.tanh(h) if act == 1 else torch.relu(h) if act == 2 else h
+    return h
+
+
+@pytest.mark.parametrize("widths, acts", [
+    ([120, 60, 30, 10, 1], [1, 1, 1, 0]),   # the paper's KDDCUP encoder
+    ([1, 10, 30, 60, 120], [1, 1, 1, 0]),   # and decoder
+    ([9, 17, 8, 16, 7], [2, 1, 0, 2]),      # widths around the 8-float vectors, mixed activations
+    ([33, 1, 33], [0, 1]),
+])
+@pytest.mark.parametrize("tile", [1, 7, 48])
+def test_mlp_kernel_against_float64(widths, acts, tile):
+    """Every row count around the 6-row register block and the tile, with and without biases."""
+    gen = torch.Generator().manual_seed(len(widths) + tile)
+    layers = [(torch.randn(o, i, generator=gen) / i ** 0.5, None if j == 1 else torch.randn(o, generator=gen), a)
+              for j, (i, o, a) in enumerate(zip(widths[:-1], widths[1:], acts))]
+    spec = torch.tensor([[w.shape[1], w.shape[0], w.data_ptr(), 0 if b is None else b.data_ptr(), a]
+                         for w, b, a in layers], dtype=torch.int64)
+    for n in (1, 5, 6, 7, 13, 47, 48, 49, 97, 300):
+        x = 2 * torch.randn(n, widths[0], generator=gen)
+        y = torch.full((n, widths[-1]), float("nan"))
+        native.kernels.mlp_forward(x.data_ptr(), n, y.data_ptr(), spec.data_ptr(), len(layers), tile)
+        torch.testing.assert_close(y, _mlp_reference(x, layers).float(), rtol=1e-5, atol=2e-6)
+
+
+def test_mlp_kernel_rows_are_independent_and_nan_propagates():
+    layers = [(torch.randn(16, 5), torch.randn(16), 2), (torch.randn(3, 16), torch.randn(3), 1)]
+    spec = torch.tensor([[w.shape[1], w.shape[0], w.data_ptr(), b.data_ptr(), a] for w, b, a in layers],
+                        dtype=torch.int64)
+    x = torch.randn(20, 5)
+    x[11, 2] = float("nan")
+    y = torch.empty(20, 3)
+    native.kernels.mlp_forward(x.data_ptr(), 20, y.data_ptr(), spec.data_ptr(), 2, 48)
+    assert torch.isnan(y[11]).all() and not torch.isnan(y[torch.arange(20) != 11]).any()
+    with pytest.raises(ValueError, match="1 to 64 layers and a positive tile"):
+        native.kernels.mlp_forward(x.data_ptr(), 20, y.data_ptr(), spec.data_ptr(), 0, 48)
+
+
+def test_fused_inference_uses_the_mlp_kernel_only_where_it_applies(monkeypatch):
+    from dagmm.nets import paper_kddcup_nets
+
+    enc, dec, _ = paper_kddcup_nets(120)
+    enc.eval()
+    x = torch.randn(100, 120)
+    ref = enc(x)
+    calls = _spy_on_kernels(monkeypatch)
+    with torch.inference_mode():
+        y = fused.run(enc, x)
+        assert calls == ["mlp_forward"]
+        torch.testing.assert_close(y, ref.detach(), rtol=1e-5, atol=1e-6)
+        calls.clear()
+        # a column slice is copied to rows first
+        wide = torch.randn(100, 240)
+        torch.testing.assert_close(fused.run(enc, wide[:, ::2]), enc(wide[:, ::2]), rtol=1e-5, atol=1e-6)
+        assert calls == ["mlp_forward"]
+        calls.clear()
+        fused.run(enc.double(), x.double())  # float64 keeps the torch code
+        enc.float()
+        sig = nn.Sequential(nn.Linear(120, 8), nn.Sigmoid(), nn.Linear(8, 2))  # no sigmoid in the kernel
+        fused.run(sig, x)
+        drop = nn.Sequential(nn.Linear(120, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 2)).train()
+        fused.run(drop, x)  # a dropout that drops
+        assert calls == ["bias_tanh"]  # only the tanh of the dropout stack, through dagmm.fused's torch path
+        calls.clear()
+        drop.eval()
+        fused.run(drop, x)
+        assert calls == ["mlp_forward"]
+        calls.clear()
+        strided = nn.Sequential(nn.Linear(120, 8), nn.Tanh())
+        strided[0].weight = nn.Parameter(torch.randn(120, 8).T)  # not contiguous
+        torch.testing.assert_close(fused.run(strided, x), strided(x), rtol=1e-5, atol=1e-6)
+        assert "mlp_forward" not in calls
+    calls.clear()
+    y = fused.run(enc, x.requires_grad_(True))  # training keeps the differentiable stack
+    assert "mlp_forward" not in calls and y.requires_grad

@@ -597,6 +597,11 @@ static PyMethodDef methods[] = {
      "head_backward(x_ptr, x_s0, x_s1, n, din, w1_ptr, h, w2_ptr, k, u_ptr, u_s0, u_s1, keep, t_ptr, y_ptr,\n"
      "              g_ptr, g_s0, g_s1, gx_ptr, gw1_ptr, gb1_ptr, gw2_ptr, gb2_ptr) -> None\n\n"
      "Private to dagmm.fused_head: gradients of head_forward for g (n, k); gx (din, n) unless gx_ptr is 0."},
+    {"mlp_forward", py_mlp_forward, METH_VARARGS,
+     "mlp_forward(x_ptr, n, y_ptr, spec_ptr, n_layers, tile) -> None\n\n"
+     "Private to dagmm.fused: a stack of Linear layers, each followed by nothing, tanh or relu, on contiguous\n"
+     "float32 rows x (n, in) into y (n, out); spec holds n_layers rows of int64 (in, out, weight address,\n"
+     "bias address or 0, activation 0/1/2)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -21,6 +21,9 @@
 #else
 #define KERNEL
 #define KERNEL_FMA
+/* _native_mlp.c: inference forward of the fully connected stacks of dagmm.fused */
+PyObject *py_mlp_forward(PyObject *self, PyObject *args);
+
 #endif
 
 /* ---- float32 tanh and exp, written so that GCC vectorises loops calling them ----
@@ -78,5 +81,8 @@ PyObject *py_tanh_grad(PyObject *self, PyObject *args);
 /* _native_head.c: the two-layer softmax head of dagmm.fused_head */
 PyObject *py_head_forward(PyObject *self, PyObject *args);
 PyObject *py_head_backward(PyObject *self, PyObject *args);
+
+/* _native_mlp.c: inference forward of the fully connected stacks of dagmm.fused */
+PyObject *py_mlp_forward(PyObject *self, PyObject *args);
 
 #endif

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
-from . import fused_head, native
+from . import fused_head, fused_mlp, native
 
 __all__ = ["buffer", "plan", "reuse_buffers", "run", "tanh"]
 
@@ -216,7 +216,8 @@ def run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     h = x.flatten(1) if p.flatten else x  # (N, F)
     # Dropout's mode is read now: it is what module(x) would use.
     spec = tuple(m.p if kind == _DROPOUT and m.training else None for kind, m, _, _, _ in p.ops)
-    c_tanh = p.has_tanh and p.c_tanh and _native_tanh(h)
+    c_kernels = p.c_tanh and _native_tanh(h)
+    c_tanh = p.has_tanh and c_kernels
     if c_tanh and p.head:
         return fused_head.run(h, p, spec)
     if torch.is_grad_enabled() and (h.requires_grad or any(q.requires_grad for q in p.params)):
@@ -227,7 +228,11 @@ def run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
             return module(x)
         out = _FusedStack.apply(h, spec, p.ops, c_tanh, *p.params)
     else:
-        out, _ = _forward(h, spec, p.ops, c_tanh, keep=False)
+        layers = fused_mlp.chain(p.ops, spec) if c_kernels else None
+        if layers is not None:
+            out = fused_mlp.run(h, layers, buffer((id(module), "mlp"), h.shape[0], layers[-1][0].shape[0], h))
+        else:
+            out, _ = _forward(h, spec, p.ops, c_tanh, keep=False)
     return out.unflatten(1, p.unflatten) if p.unflatten is not None else out
 
 
