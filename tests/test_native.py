@@ -7,12 +7,14 @@ Skipped where the kernels were not built, failed instead under ``DAGMM_REQUIRE_N
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from dagmm import fused, native
 from dagmm.features import default_recon_features, log_mse_cosine
+from dagmm.gmm import sample_energy
 from dagmm.objective import mixture_objective
 
 from conftest import require_native
@@ -223,3 +225,55 @@ def test_fused_inference_uses_the_mlp_kernel_only_where_it_applies(monkeypatch):
     calls.clear()
     y = fused.run(enc, x.requires_grad_(True))  # training keeps the differentiable stack
     assert "mlp_forward" not in calls and y.requires_grad
+
+
+@pytest.mark.parametrize("architecture", ["paper", "auto"])
+def test_aegmm_scoring_kernel_matches_the_module_path(tabular, architecture, monkeypatch):
+    """One C call per batch (encoder, decoder, features, energy) gives the module path's energies."""
+    from dagmm import OutlierAEGMM
+
+    X_train, X_test, _ = tabular
+    od = OutlierAEGMM(n_gmm=3, architecture=architecture).fit(X_train[:400], epochs=2, batch_size=100,
+                                                              verbose=False, seed=0)
+    calls = _spy_on_kernels(monkeypatch)
+    got = od.score(X_test, batch_size=64)
+    assert set(calls) == {"aegmm_energy"} and len(calls) == -(-len(X_test) // 64)
+    with torch.no_grad():  # z as the modules compute it (same C layers and features, torch mixture algebra)
+        _, z = od.aegmm.eval().encode(torch.from_numpy(od._checked(X_test)))
+    np.testing.assert_allclose(got, sample_energy(z, od.phi_, od.mu_, od.prec_chol_).numpy(), rtol=1e-12, atol=1e-12)
+    native.enabled = False  # the torch code end to end: float32 rounding of the network apart
+    ref = od.score(X_test, batch_size=64)
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max())
+
+
+def test_aegmm_scoring_kernel_only_where_it_applies(tabular, monkeypatch):
+    from dagmm import OutlierAEGMM
+    from dagmm.features import relative_euclidean
+
+    X_train, X_test, _ = tabular
+    f = X_train.shape[1]
+    custom = OutlierAEGMM(n_gmm=2, architecture="paper",
+                          recon_features=lambda x, r: torch.stack([relative_euclidean(x, r), r.mean(1)], 1))
+    sigmoid = OutlierAEGMM(encoder_net=nn.Sequential(nn.Linear(f, 4), nn.Sigmoid(), nn.Linear(4, 1)),
+                           decoder_net=nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, f)),
+                           gmm_density_net=nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2), nn.Softmax(1)))
+    for od in (custom, sigmoid):
+        od.fit(X_train[:300], epochs=1, batch_size=100, verbose=False, seed=0)
+    calls = _spy_on_kernels(monkeypatch)
+    for od in (custom, sigmoid):  # features the kernel does not know; a sigmoid layer
+        with torch.no_grad():
+            _, z = od.aegmm.eval().encode(torch.from_numpy(od._checked(X_test)))
+        ref = sample_energy(z, od.phi_, od.mu_, od.prec_chol_).numpy()
+        calls.clear()
+        np.testing.assert_allclose(od.score(X_test), ref, rtol=1e-12)
+        assert calls and "aegmm_energy" not in calls
+
+
+def test_aegmm_energy_kernel_checks_the_shapes():
+    w1, w2 = torch.randn(2, 5), torch.randn(4, 2)  # the decoder gives 4 columns back for 5 inputs
+    enc = torch.tensor([[5, 2, w1.data_ptr(), 0, 0]], dtype=torch.int64)
+    dec = torch.tensor([[2, 4, w2.data_ptr(), 0, 0]], dtype=torch.int64)
+    x, out, p = torch.randn(3, 5), torch.empty(3, dtype=torch.float64), torch.zeros(64, dtype=torch.float64)
+    with pytest.raises(ValueError, match="the decoder must map the latent code"):
+        native.kernels.aegmm_energy(x.data_ptr(), 3, enc.data_ptr(), 1, dec.data_ptr(), 1, 0, 1e-8, 1e-6,
+                                    p.data_ptr(), p.data_ptr(), p.data_ptr(), 1, out.data_ptr(), 48)

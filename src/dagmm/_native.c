@@ -448,7 +448,7 @@ enum { FEAT_RELATIVE = 0, FEAT_LOG_MSE = 1 };
 
 #define ROW_SUMS(T)                                                                                                  \
     do {                                                                                                             \
-        const T *xi = (const T *)x + i * f, *ri = (const T *)r + i * f;                                              \
+        const T *xi = (const T *)x + i * f, *ri = (const T *)r + i * ldr;                                            \
         _Pragma("omp simd reduction(+ : sx, sr, sxr, sd)") for (Py_ssize_t j = 0; j < f; j++)                       \
         {                                                                                                            \
             double xv = xi[j], rv = ri[j], dv = (double)(ri[j] - xi[j]);                                             \
@@ -459,8 +459,10 @@ enum { FEAT_RELATIVE = 0, FEAT_LOG_MSE = 1 };
         }                                                                                                            \
     } while (0)
 
-KERNEL static void recon_forward(const void *x, const void *r, Py_ssize_t n, Py_ssize_t f, int is_double, int mode,
-                          double eps, double log_eps, void *out, double *saved)
+/* r's rows are ldr elements apart (f for a contiguous (n, f) x'; more for the padded tiles of
+   dagmm/_native_mlp.c, which calls this for the same features while scoring) */
+KERNEL void recon_forward(const void *x, const void *r, Py_ssize_t ldr, Py_ssize_t n, Py_ssize_t f, int is_double,
+                          int mode, double eps, double log_eps, void *out, double *saved)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         double sx = 0.0, sr = 0.0, sxr = 0.0, sd = 0.0;
@@ -539,7 +541,7 @@ static PyObject *py_recon_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "KKnnpiddKK", &xp, &rp, &n, &f, &dbl, &mode, &eps, &log_eps, &op, &sp))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    recon_forward((const void *)(uintptr_t)xp, (const void *)(uintptr_t)rp, n, f, dbl, mode, eps, log_eps,
+    recon_forward((const void *)(uintptr_t)xp, (const void *)(uintptr_t)rp, f, n, f, dbl, mode, eps, log_eps,
                   (void *)(uintptr_t)op, (double *)(uintptr_t)sp);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
@@ -602,6 +604,12 @@ static PyMethodDef methods[] = {
      "Private to dagmm.fused: a stack of Linear layers, each followed by nothing, tanh or relu, on contiguous\n"
      "float32 rows x (n, in) into y (n, out); spec holds n_layers rows of int64 (in, out, weight address,\n"
      "bias address or 0, activation 0/1/2)."},
+    {"aegmm_energy", py_aegmm_energy, METH_VARARGS,
+     "aegmm_energy(x_ptr, n, enc_spec_ptr, n_enc, dec_spec_ptr, n_dec, mode, eps, log_eps, pt_ptr, off_ptr, c_ptr,\n"
+     "             k, out_ptr, tile) -> None\n\n"
+     "Private to dagmm.fused_mlp: DAGMM's sample energy of contiguous float32 rows x (n, f) into float64 out (n,):\n"
+     "encoder and decoder as mlp_forward's specs, the features of recon_forward (mode), and the mixture as\n"
+     "float64 P_k^T (k, d, d), P_k^T mu_k (k, d) and the constants c (k,)."},
     {NULL, NULL, 0, NULL},
 };
 

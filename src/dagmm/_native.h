@@ -23,6 +23,7 @@
 #define KERNEL_FMA
 /* _native_mlp.c: inference forward of the fully connected stacks of dagmm.fused */
 PyObject *py_mlp_forward(PyObject *self, PyObject *args);
+PyObject *py_aegmm_energy(PyObject *self, PyObject *args);
 
 #endif
 
@@ -74,6 +75,11 @@ static inline float exp_neg(float x)
     return x < -87.0f ? 0.0f : e; /* NaN fails the test and stays NaN */
 }
 
+/* _native.c: the reconstruction features of rows of x (n, f) and x' (rows ldr apart), mode 0 relative
+   distance / 1 log mean squared error, then cosine, into out (n, 2); per-row norms into saved unless NULL */
+void recon_forward(const void *x, const void *r, Py_ssize_t ldr, Py_ssize_t n, Py_ssize_t f, int is_double, int mode,
+                   double eps, double log_eps, void *out, double *saved);
+
 /* _native_act.c: the tanh layers of dagmm.fused */
 PyObject *py_bias_tanh(PyObject *self, PyObject *args);
 PyObject *py_tanh_grad(PyObject *self, PyObject *args);
@@ -84,5 +90,6 @@ PyObject *py_head_backward(PyObject *self, PyObject *args);
 
 /* _native_mlp.c: inference forward of the fully connected stacks of dagmm.fused */
 PyObject *py_mlp_forward(PyObject *self, PyObject *args);
+PyObject *py_aegmm_energy(PyObject *self, PyObject *args);
 
 #endif

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import fused_mlp
 from ._validation import check_array, check_percent, check_positive_int
 from .base import DEFAULT_SCORE_BATCH, BaseDetector, seeded
 from .features import default_recon_features, log_mse_cosine
@@ -388,8 +389,12 @@ class OutlierAEGMM(BaseDetector):
         plain = isinstance(model, AEGMMNet) and type(model).forward is AEGMMNet.forward
         latent = model.encode if plain else (lambda xb: model(xb)[:2])
 
+        # the whole energy in one C call per batch where the model and data allow (dagmm.fused_mlp)
+        kernel = fused_mlp.energy_kernel(model, phi, mu, prec) if plain else None
+
         def energy(xb: torch.Tensor, out: torch.Tensor) -> None:
-            out.copy_(sample_energy(latent(xb)[1], phi, mu, prec))
+            if kernel is None or not kernel(xb, out):
+                out.copy_(sample_energy(latent(xb)[1], phi, mu, prec))
 
         out = self._batched_into(energy, X, batch_size, (), torch.float64)
         bad = ~np.isfinite(out)

@@ -14,13 +14,13 @@ function as the torch code up to float32 rounding (``tests/test_fused.py``).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from . import native
 
-__all__ = ["chain", "run"]
+__all__ = ["chain", "energy_kernel", "run"]
 
 # kinds of dagmm.fused (kept in step with its constants: LINEAR, TANH, RELU, DROPOUT)
 _LINEAR, _TANH, _RELU, _DROPOUT = 0, 1, 2, 4
@@ -51,7 +51,67 @@ def chain(ops: list, spec: tuple) -> Optional[list]:
 def run(h: torch.Tensor, layers: list, out: torch.Tensor) -> torch.Tensor:
     """Write the stack's output for float32 CPU rows ``h`` (N, in) into ``out`` (N, out_last)."""
     h = h.contiguous()
+    spec, n = _spec(layers)
+    native.kernels.mlp_forward(h.data_ptr(), h.shape[0], out.data_ptr(), spec.data_ptr(), n, TILE)
+    return out
+
+
+def energy_kernel(model, phi: torch.Tensor, mu: torch.Tensor,
+                  prec_chol: torch.Tensor) -> Optional[Callable[[torch.Tensor, torch.Tensor], bool]]:
+    """The sample energy of an :class:`dagmm.nets.AEGMMNet` in one C call per batch, when it applies.
+
+    Returns ``fn(xb, out)`` that writes the energies of float32 CPU rows ``xb``
+    (N, F) into the float64 ``out`` (N,) and returns True, or returns False
+    (nothing written) for rows it does not take; None when the model is not
+    one the kernel runs: encoder and decoder chains as :func:`chain` takes
+    them (in eval mode), float32 CPU parameters, the built-in reconstruction
+    features, a CPU float64 mixture.  The energy is that of
+    :func:`dagmm.gmm.sample_energy` on the latent code and features the
+    module path computes (the same features code, to float64 rounding of the
+    mixture algebra); ``x'`` is never written out
+    (``benchmarks/results/NOTES-speed.md``, sixth pass).
+    """
+    from . import fused
+    from .features import LOG_MSE_EPS, RECON_EPS, default_recon_features, log_mse_cosine
+    from .gmm import energy_terms
+
+    mode = {default_recon_features: 0, log_mse_cosine: 1}.get(getattr(model, "recon_features", None))
+    if mode is None or not (native.enabled and native.kernels is not None):
+        return None
+    specs = []
+    for net in (model.encoder, model.decoder):
+        p = fused.plan(net)
+        if p is None or p.flatten or p.unflatten is not None or not p.c_tanh:
+            return None
+        layers = chain(p.ops, tuple(None for _ in p.ops))
+        if layers is None:
+            return None
+        specs.append(_spec(layers))
+    (enc, n_enc), (dec, n_dec) = specs
+    f, lat = int(enc[0, 0]), int(enc[-1, 1])
+    k, d = mu.shape
+    if (int(dec[0, 0]) != lat or int(dec[-1, 1]) != f or d != lat + 2 or k > 64
+            or any(t.dtype != torch.float64 or t.device.type != "cpu" for t in (phi, mu, prec_chol))):
+        return None
+    prec_t, offset, const = (t.contiguous() for t in energy_terms(phi, mu, prec_chol))
+
+    def energy(xb: torch.Tensor, out: torch.Tensor) -> bool:
+        if (xb.dtype != torch.float32 or xb.device.type != "cpu" or xb.dim() != 2 or xb.shape[1] != f
+                or out.dtype != torch.float64 or not out.is_contiguous()):
+            return False
+        xb = xb.contiguous()
+        native.kernels.aegmm_energy(xb.data_ptr(), xb.shape[0], enc.data_ptr(), n_enc, dec.data_ptr(), n_dec, mode,
+                                    RECON_EPS, LOG_MSE_EPS, prec_t.data_ptr(), offset.data_ptr(), const.data_ptr(),
+                                    k, out.data_ptr(), TILE)
+        return True
+
+    # the closure holds the specs, whose addresses point into the model's parameters
+    energy.layers = specs
+    return energy
+
+
+def _spec(layers: list) -> tuple:
+    """The kernels' description of a chain: ``(int64 tensor (layers, 5), layer count)``."""
     spec = torch.tensor([[w.shape[1], w.shape[0], w.data_ptr(), 0 if b is None else b.data_ptr(), act]
                          for w, b, act in layers], dtype=torch.int64)  # (layers, 5)
-    native.kernels.mlp_forward(h.data_ptr(), h.shape[0], out.data_ptr(), spec.data_ptr(), len(layers), TILE)
-    return out
+    return spec, len(layers)

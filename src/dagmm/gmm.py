@@ -275,16 +275,25 @@ def _log_prob_t(zt: torch.Tensor, phi: torch.Tensor, mu: torch.Tensor, prec_chol
     """
     d = zt.shape[0]
     k = prec_chol.shape[0]
-    prec_t = prec_chol.transpose(1, 2)  # (K, D, D): P_k^T
-    # P_k^T (z - mu_k) = P_k^T z - P_k^T mu_k, and the P_k^T stacked form one
-    # (K*D, D) matrix: a single product serves every component.
-    offset = torch.bmm(prec_t, mu[:, :, None]).view(k * d, 1)  # (K*D, 1)
-    proj = torch.addmm(offset, prec_t.reshape(k * d, d), zt.to(prec_chol.dtype), beta=-1.0)  # (K*D, N)
+    prec_t, offset, const = energy_terms(phi, mu, prec_chol)
+    # the P_k^T stacked form one (K*D, D) matrix: a single product serves every component
+    proj = torch.addmm(offset.view(k * d, 1), prec_t.reshape(k * d, d), zt.to(prec_chol.dtype), beta=-1.0)  # (K*D, N)
     maha = proj.square().view(k, d, -1).sum(1)  # (K, N)
+    return const[:, None] - 0.5 * maha
+
+
+def energy_terms(phi: torch.Tensor, mu: torch.Tensor, prec_chol: torch.Tensor) -> tuple:
+    """``(P^T (K, D, D), P^T mu (K, D), c (K,))``: ``log phi_k N(z; mu_k, cov_k) = c_k - |P_k^T (z - mu_k)|^2 / 2``.
+
+    ``P_k`` is the precision's Cholesky factor; ``c_k = log phi_k + log det P_k - D log(2 pi) / 2``.
+    Shared by :func:`sample_energy` and the C scoring kernel (:mod:`dagmm.fused_mlp`).
+    """
+    d = mu.shape[1]
+    prec_t = prec_chol.transpose(1, 2)  # (K, D, D): P_k^T
+    offset = torch.bmm(prec_t, mu[:, :, None])[:, :, 0]  # (K, D)
     log_det_prec = torch.log(torch.diagonal(prec_chol, dim1=-2, dim2=-1)).sum(-1)  # (K,)
     log_phi = torch.log(phi.clamp_min(torch.finfo(phi.dtype).tiny))
-    const = log_phi + log_det_prec - 0.5 * d * _LOG_2PI  # (K,)
-    return const[:, None] - 0.5 * maha
+    return prec_t, offset, log_phi + log_det_prec - 0.5 * d * _LOG_2PI
 
 
 def sample_energy(
