@@ -10,7 +10,11 @@ uses).  Prints ms per step for each round, the median of the per-round ratios
 to ``torch``, and the ATen operations per step of each (counted with a
 ``TorchDispatchMode``).
 
-    PYTHONPATH=src python3 benchmarks/native_ab.py [--rounds 10] [--steps 40]
+With ``--score`` it compares ``OutlierAEGMM.score`` instead (``--score-rows``
+synthetic rows, the default batch size and threads), kernels off against on
+(with them on, each batch is one call of ``dagmm/_native_mlp.c``).
+
+    PYTHONPATH=src python3 benchmarks/native_ab.py [--rounds 10] [--steps 40] [--score]
 """
 
 from __future__ import annotations
@@ -43,10 +47,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--steps", type=int, default=40, help="training steps per round and setting")
+    ap.add_argument("--score", action="store_true", help="compare OutlierAEGMM.score instead of training steps")
+    ap.add_argument("--score-rows", type=int, default=1_000_000, help="rows scored per round and setting")
     args = ap.parse_args(argv)
     if not native.available():
         raise SystemExit("dagmm._native was not built (no C compiler at install): nothing to compare")
     rng = np.random.default_rng(0)
+    if args.score:
+        return score_ab(rng, args)
     X = torch.from_numpy(rng.standard_normal((args.steps * 1024, 120), dtype=np.float32))
     od = OutlierAEGMM(architecture="paper").fit(X[:2048].numpy(), epochs=1, batch_size=1024, verbose=False, seed=0)
     model = od.aegmm.train()
@@ -88,6 +96,31 @@ def main(argv=None) -> int:
         ratios = [a / b for a, b in zip(v, times["torch"])]
         print(f"| {name} | {min(v):.2f} | {statistics.median(v):.2f} | {ops[name]:.0f} | "
               f"{statistics.median(ratios):.3f} (faster in {sum(x < 1 for x in ratios)} of {len(ratios)}) |")
+    return 0
+
+
+def score_ab(rng: np.random.Generator, args) -> int:
+    """Rows per second of ``OutlierAEGMM.score``, kernels off and on, in alternating rounds."""
+    X = rng.standard_normal((args.score_rows, 120), dtype=np.float32)
+    od = OutlierAEGMM(architecture="paper").fit(X[:4096], epochs=1, batch_size=1024, verbose=False, seed=0)
+    rates: dict[str, list[float]] = {"torch": [], "native": []}
+    for r in range(args.rounds + 1):  # round 0 warms up and is not reported
+        for name in rates:
+            native.enabled = name == "native"
+            t0 = time.perf_counter()
+            od.score(X)
+            if r:
+                rates[name].append(len(X) / (time.perf_counter() - t0))
+        if r:
+            line = ", ".join(f"{k} {v[-1] / 1e6:.2f} M rows/s" for k, v in rates.items())
+            print(f"round {r - 1}: {line}", flush=True)
+    native.enabled = True
+    print("\n| code | M rows/s (max) | M rows/s (median) | to torch, median of per-round ratios |"
+          "\n|---|---:|---:|---:|")
+    for name, v in rates.items():
+        ratios = [a / b for a, b in zip(v, rates["torch"])]
+        print(f"| {name} | {max(v) / 1e6:.2f} | {statistics.median(v) / 1e6:.2f} | {statistics.median(ratios):.2f}x "
+              f"(faster in {sum(x > 1 for x in ratios)} of {len(ratios)}) |")
     return 0
 
 

@@ -191,6 +191,11 @@ def test_mlp_kernel_rows_are_independent_and_nan_propagates():
 def test_fused_inference_uses_the_mlp_kernel_only_where_it_applies(monkeypatch):
     from dagmm.nets import paper_kddcup_nets
 
+    from dagmm import fused_mlp
+
+    # dagmm.fused_mlp keeps its own copy of dagmm.fused's layer kinds (a circular import otherwise)
+    assert (fused_mlp._LINEAR, fused_mlp._TANH, fused_mlp._RELU, fused_mlp._DROPOUT) == (
+        fused._LINEAR, fused._TANH, fused._RELU, fused._DROPOUT)
     enc, dec, _ = paper_kddcup_nets(120)
     enc.eval()
     x = torch.randn(100, 120)

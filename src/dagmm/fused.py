@@ -21,6 +21,10 @@ stacks with a ``Tanh`` take the fused node (their ``tanh`` must be the one
 scoring uses); the others train as plain modules, whose forward is the same
 arithmetic and whose backward torch runs faster from C++.
 
+Without gradients, a float32 CPU chain of ``Linear`` layers each followed by
+nothing, ``Tanh`` or ``ReLU`` runs as one C call (:mod:`dagmm.fused_mlp`: tiles of
+rows through every layer in cache), the same function up to float32 rounding.
+
 A closing ``Linear`` + ``Softmax`` is computed laid out (out, N), where the
 softmax runs over the first, long axis (about five times faster at 1024 x 4,
 ``benchmarks/results/NOTES-speed.md``);

@@ -83,7 +83,7 @@ def energy_kernel(model, phi: torch.Tensor, mu: torch.Tensor,
         p = fused.plan(net)
         if p is None or p.flatten or p.unflatten is not None or not p.c_tanh:
             return None
-        layers = chain(p.ops, tuple(None for _ in p.ops))
+        layers = chain(p.ops, tuple(m.p if kind == _DROPOUT and m.training else None for kind, m, *_ in p.ops))
         if layers is None:
             return None
         specs.append(_spec(layers))
@@ -105,8 +105,6 @@ def energy_kernel(model, phi: torch.Tensor, mu: torch.Tensor,
                                     k, out.data_ptr(), TILE)
         return True
 
-    # the closure holds the specs, whose addresses point into the model's parameters
-    energy.layers = specs
     return energy
 
 

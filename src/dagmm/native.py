@@ -5,7 +5,9 @@ is present (no torch headers, a few seconds).  They hold, for CPU tensors: the
 mixture objective (:mod:`dagmm.objective`) and the reconstruction features
 (:mod:`dagmm.features`) in ``_native.c``; the tanh layers of fused stacks
 (:mod:`dagmm.fused`) in ``_native_act.c``; the estimation network as a whole
-(:mod:`dagmm.fused_head`) in ``_native_head.c``.  :mod:`dagmm.train_step`
+(:mod:`dagmm.fused_head`) in ``_native_head.c``; inference through whole fully
+connected stacks, and OutlierAEGMM's sample energy straight from the input rows
+(:mod:`dagmm.fused_mlp`) in ``_native_mlp.c``.  :mod:`dagmm.train_step`
 strings them together into the default training loss.  They compute the same
 formulas as the torch code without the per-operation dispatch that dominates
 these small computations (``benchmarks/results/NOTES-speed.md``, fourth and
