@@ -189,9 +189,8 @@ def test_mlp_kernel_rows_are_independent_and_nan_propagates():
 
 
 def test_fused_inference_uses_the_mlp_kernel_only_where_it_applies(monkeypatch):
-    from dagmm.nets import paper_kddcup_nets
-
     from dagmm import fused_mlp
+    from dagmm.nets import mlp, paper_kddcup_nets
 
     # dagmm.fused_mlp keeps its own copy of dagmm.fused's layer kinds (a circular import otherwise)
     assert (fused_mlp._LINEAR, fused_mlp._TANH, fused_mlp._RELU, fused_mlp._DROPOUT) == (
@@ -226,6 +225,8 @@ def test_fused_inference_uses_the_mlp_kernel_only_where_it_applies(monkeypatch):
         strided = nn.Sequential(nn.Linear(120, 8), nn.Tanh())
         strided[0].weight = nn.Parameter(torch.randn(120, 8).T)  # not contiguous
         torch.testing.assert_close(fused.run(strided, x), strided(x), rtol=1e-5, atol=1e-6)
+        deep = mlp([120] + [4] * 65, nn.Tanh)  # 65 layers: more than the kernel takes
+        torch.testing.assert_close(fused.run(deep, x), deep(x), rtol=1e-5, atol=1e-6)
         assert "mlp_forward" not in calls
     calls.clear()
     y = fused.run(enc, x.requires_grad_(True))  # training keeps the differentiable stack

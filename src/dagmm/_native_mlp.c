@@ -1,4 +1,4 @@
-/* A fully connected stack's forward pass in one call (inference), float32: dagmm.fused.
+/* A fully connected stack's forward pass in one call (inference), float32: dagmm.fused_mlp.
  *
  * Private: dagmm.fused calls it through dagmm.native with raw data addresses, after checking
  * device, dtype, shapes and contiguity, and keeps its torch code for everything else.
