@@ -93,10 +93,16 @@ def main(argv=None) -> int:
     print("\n| code | ms/step (min) | ms/step (median) | ATen ops/step | to torch, median of per-round ratios |"
           "\n|---|---:|---:|---:|---:|")
     for name, v in times.items():
-        ratios = [a / b for a, b in zip(v, times["torch"])]
         print(f"| {name} | {min(v):.2f} | {statistics.median(v):.2f} | {ops[name]:.0f} | "
-              f"{statistics.median(ratios):.3f} (faster in {sum(x < 1 for x in ratios)} of {len(ratios)}) |")
+              f"{_against(v, times['torch'], higher_is_faster=False)} |")
     return 0
+
+
+def _against(values: list[float], ref: list[float], higher_is_faster: bool) -> str:
+    """The median of the per-round ratios to ``ref``, and in how many rounds ``values`` was faster."""
+    ratios = [a / b for a, b in zip(values, ref)]
+    faster = sum((x > 1) if higher_is_faster else (x < 1) for x in ratios)
+    return f"{statistics.median(ratios):.3f} (faster in {faster} of {len(ratios)})"
 
 
 def score_ab(rng: np.random.Generator, args) -> int:
@@ -118,9 +124,8 @@ def score_ab(rng: np.random.Generator, args) -> int:
     print("\n| code | M rows/s (max) | M rows/s (median) | to torch, median of per-round ratios |"
           "\n|---|---:|---:|---:|")
     for name, v in rates.items():
-        ratios = [a / b for a, b in zip(v, rates["torch"])]
-        print(f"| {name} | {max(v) / 1e6:.2f} | {statistics.median(v) / 1e6:.2f} | {statistics.median(ratios):.2f}x "
-              f"(faster in {sum(x > 1 for x in ratios)} of {len(ratios)}) |")
+        print(f"| {name} | {max(v) / 1e6:.2f} | {statistics.median(v) / 1e6:.2f} | "
+              f"{_against(v, rates['torch'], higher_is_faster=True)} |")
     return 0
 
 
