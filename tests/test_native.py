@@ -188,9 +188,18 @@ def test_mlp_kernel_rows_are_independent_and_nan_propagates():
         native.kernels.mlp_forward(x.data_ptr(), 20, y.data_ptr(), spec.data_ptr(), 0, 48)
 
 
+def _require_fast_mlp() -> None:
+    from dagmm import fused_mlp
+
+    if not fused_mlp.FAST:
+        pytest.skip("the inference kernels run only as their AVX2 + FMA build (dagmm.fused_mlp.FAST is False)")
+
+
 def test_fused_inference_uses_the_mlp_kernel_only_where_it_applies(monkeypatch):
     from dagmm import fused_mlp
     from dagmm.nets import mlp, paper_kddcup_nets
+
+    _require_fast_mlp()
 
     # dagmm.fused_mlp keeps its own copy of dagmm.fused's layer kinds (a circular import otherwise)
     assert (fused_mlp._LINEAR, fused_mlp._TANH, fused_mlp._RELU, fused_mlp._DROPOUT) == (
@@ -231,6 +240,11 @@ def test_fused_inference_uses_the_mlp_kernel_only_where_it_applies(monkeypatch):
     calls.clear()
     y = fused.run(enc, x.requires_grad_(True))  # training keeps the differentiable stack
     assert "mlp_forward" not in calls and y.requires_grad
+    calls.clear()
+    monkeypatch.setattr(fused_mlp, "FAST", False)  # a build or CPU without the AVX2 + FMA clone
+    with torch.inference_mode():
+        torch.testing.assert_close(fused.run(enc, x), ref.detach(), rtol=1e-5, atol=1e-6)
+    assert calls == ["bias_tanh"] * 3  # the torch path with the tanh kernel, as before
 
 
 @pytest.mark.parametrize("architecture", ["paper", "auto"])
@@ -238,6 +252,7 @@ def test_aegmm_scoring_kernel_matches_the_module_path(tabular, architecture, mon
     """One C call per batch (encoder, decoder, features, energy) gives the module path's energies."""
     from dagmm import OutlierAEGMM
 
+    _require_fast_mlp()
     X_train, X_test, _ = tabular
     od = OutlierAEGMM(n_gmm=3, architecture=architecture).fit(X_train[:400], epochs=2, batch_size=100,
                                                               verbose=False, seed=0)

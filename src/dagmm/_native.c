@@ -604,6 +604,8 @@ static PyMethodDef methods[] = {
      "Private to dagmm.fused: a stack of Linear layers, each followed by nothing, tanh or relu, on contiguous\n"
      "float32 rows x (n, in) into y (n, out); spec holds n_layers rows of int64 (in, out, weight address,\n"
      "bias address or 0, activation 0/1/2)."},
+    {"mlp_fast", py_mlp_fast, METH_NOARGS,
+     "mlp_fast() -> bool\n\nPrivate to dagmm.fused_mlp: whether mlp_forward and aegmm_energy run vectorised (AVX2 + FMA)."},
     {"aegmm_energy", py_aegmm_energy, METH_VARARGS,
      "aegmm_energy(x_ptr, n, enc_spec_ptr, n_enc, dec_spec_ptr, n_dec, mode, eps, log_eps, pt_ptr, off_ptr, c_ptr,\n"
      "             k, out_ptr, tile) -> None\n\n"

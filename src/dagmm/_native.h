@@ -18,12 +18,15 @@
    x86-64-v3 level (AVX2 + FMA, chosen by a feature test at load) with multiply-adds fused, about
    0.75x the time of the AVX2 clone at 16384 x 60 (NOTES-speed.md, fifth pass). */
 #define KERNEL_FMA __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
+#define DAGMM_CLONES 1
 #else
+#define DAGMM_CLONES 0
 #define KERNEL
 #define KERNEL_FMA
 /* _native_mlp.c: inference forward of the fully connected stacks of dagmm.fused */
 PyObject *py_mlp_forward(PyObject *self, PyObject *args);
 PyObject *py_aegmm_energy(PyObject *self, PyObject *args);
+PyObject *py_mlp_fast(PyObject *self, PyObject *args);
 
 #endif
 
@@ -91,5 +94,6 @@ PyObject *py_head_backward(PyObject *self, PyObject *args);
 /* _native_mlp.c: inference forward of the fully connected stacks of dagmm.fused */
 PyObject *py_mlp_forward(PyObject *self, PyObject *args);
 PyObject *py_aegmm_energy(PyObject *self, PyObject *args);
+PyObject *py_mlp_fast(PyObject *self, PyObject *args);
 
 #endif

@@ -221,6 +221,22 @@ static int check_layers(int nl, Py_ssize_t tile)
     return 0;
 }
 
+/* Whether the kernels below run as their x86-64-v3 (AVX2 + FMA) clone.  The baseline build of the
+   8-float vectors is correct, but GCC lowers them for SSE2 into code about 17 times slower than
+   torch (benchmarks/results/NOTES-speed.md, sixth pass), so dagmm.fused_mlp uses these kernels
+   only when this is true. */
+PyObject *py_mlp_fast(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+#if DAGMM_CLONES
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v3")) /* the test the clones' resolver makes */
+        Py_RETURN_TRUE;
+#endif
+    Py_RETURN_FALSE;
+}
+
 /* mlp_forward(x, n, y, spec, nl, tile) */
 PyObject *py_mlp_forward(PyObject *self, PyObject *args)
 {

@@ -4,7 +4,8 @@
 stack is a chain of ``Linear`` layers each followed by nothing, ``Tanh`` or
 ``ReLU`` (``Dropout`` that does not drop and ``Identity`` are skipped), every
 parameter is float32 on the CPU, and the kernels are built and on
-(:mod:`dagmm.native`).  The kernel takes a tile of rows through every layer
+(:mod:`dagmm.native`) as their x86-64-v3 (AVX2 + FMA) clone on a CPU that has
+it (:data:`FAST`; GCC on x86-64 Linux: elsewhere the torch code runs).  The kernel takes a tile of rows through every layer
 while its activations stay in cache, with bias and activation applied to each
 product in place: 5.8 against 9.9 ms for the KDDCUP encoder at 16384 rows on
 one thread of the development machine (``python benchmarks/mlp_kernel.py``,
@@ -27,12 +28,17 @@ _LINEAR, _TANH, _RELU, _DROPOUT = 0, 1, 2, 4
 _ACT = {_TANH: 1, _RELU: 2}
 # the kernels' limits: layers per stack, latent width + 2 features, mixture components
 _MAX_LAYERS, _MAX_Z, _MAX_K = 64, 64, 64
+# Built with the kernels' AVX2 + FMA clone and running on a CPU that has it: elsewhere the kernels
+# are correct but slower than torch (dagmm/_native_mlp.c, mlp_fast), and the torch code runs instead.
+FAST: bool = native.kernels is not None and bool(native.kernels.mlp_fast())
 # rows per tile: the activations of a tile of the KDDCUP networks (widest 120) fit in L1/L2
 TILE = 48
 
 
 def chain(ops: list, spec: tuple) -> Optional[list]:
     """``[(weight, bias, activation code), ...]`` when ``ops`` is a chain the kernel runs, else None."""
+    if not FAST:
+        return None
     layers: list = []
     for (kind, _, w, b, _), prob in zip(ops, spec):
         if kind == _LINEAR:
