@@ -184,7 +184,7 @@ def test_mlp_kernel_rows_are_independent_and_nan_propagates():
     y = torch.empty(20, 3)
     native.kernels.mlp_forward(x.data_ptr(), 20, y.data_ptr(), spec.data_ptr(), 2, 48)
     assert torch.isnan(y[11]).all() and not torch.isnan(y[torch.arange(20) != 11]).any()
-    with pytest.raises(ValueError, match="1 to 64 layers and a positive tile"):
+    with pytest.raises(ValueError, match="mlp_forward: 1 to 64 layers and a positive tile"):
         native.kernels.mlp_forward(x.data_ptr(), 20, y.data_ptr(), spec.data_ptr(), 0, 48)
 
 

@@ -601,7 +601,7 @@ static PyMethodDef methods[] = {
      "Private to dagmm.fused_head: gradients of head_forward for g (n, k); gx (din, n) unless gx_ptr is 0."},
     {"mlp_forward", py_mlp_forward, METH_VARARGS,
      "mlp_forward(x_ptr, n, y_ptr, spec_ptr, n_layers, tile) -> None\n\n"
-     "Private to dagmm.fused: a stack of Linear layers, each followed by nothing, tanh or relu, on contiguous\n"
+     "Private to dagmm.fused_mlp: a stack of Linear layers, each followed by nothing, tanh or relu, on contiguous\n"
      "float32 rows x (n, in) into y (n, out); spec holds n_layers rows of int64 (in, out, weight address,\n"
      "bias address or 0, activation 0/1/2)."},
     {"mlp_fast", py_mlp_fast, METH_NOARGS,

@@ -23,11 +23,6 @@
 #define DAGMM_CLONES 0
 #define KERNEL
 #define KERNEL_FMA
-/* _native_mlp.c: inference forward of the fully connected stacks of dagmm.fused */
-PyObject *py_mlp_forward(PyObject *self, PyObject *args);
-PyObject *py_aegmm_energy(PyObject *self, PyObject *args);
-PyObject *py_mlp_fast(PyObject *self, PyObject *args);
-
 #endif
 
 /* ---- float32 tanh and exp, written so that GCC vectorises loops calling them ----
@@ -91,7 +86,7 @@ PyObject *py_tanh_grad(PyObject *self, PyObject *args);
 PyObject *py_head_forward(PyObject *self, PyObject *args);
 PyObject *py_head_backward(PyObject *self, PyObject *args);
 
-/* _native_mlp.c: inference forward of the fully connected stacks of dagmm.fused */
+/* _native_mlp.c: inference through fully connected stacks, and the sample energy (dagmm.fused_mlp) */
 PyObject *py_mlp_forward(PyObject *self, PyObject *args);
 PyObject *py_aegmm_energy(PyObject *self, PyObject *args);
 PyObject *py_mlp_fast(PyObject *self, PyObject *args);

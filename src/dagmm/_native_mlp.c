@@ -1,6 +1,6 @@
 /* A fully connected stack's forward pass in one call (inference), float32: dagmm.fused_mlp.
  *
- * Private: dagmm.fused calls it through dagmm.native with raw data addresses, after checking
+ * Private: dagmm.fused_mlp calls it through dagmm.native with raw data addresses, after checking
  * device, dtype, shapes and contiguity, and keeps its torch code for everything else.
  *
  * Why: scoring a batch ran each layer as torch.mm over the whole batch, then a pass for the bias
@@ -212,10 +212,10 @@ static float *pack_layers(const int64_t *spec, int nl, Layer *L, size_t extra, f
     return mem;
 }
 
-static int check_layers(int nl, Py_ssize_t tile)
+static int check_layers(const char *kernel, int nl, Py_ssize_t tile)
 {
     if (nl < 1 || nl > 64 || tile < 1) {
-        PyErr_SetString(PyExc_ValueError, "mlp_forward: 1 to 64 layers and a positive tile are required");
+        PyErr_Format(PyExc_ValueError, "%s: 1 to 64 layers and a positive tile are required", kernel);
         return -1;
     }
     return 0;
@@ -246,7 +246,8 @@ PyObject *py_mlp_forward(PyObject *self, PyObject *args)
     float *work;
     Layer L[64];
     (void)self;
-    if (!PyArg_ParseTuple(args, "KnKKin", &xp, &n, &yp, &sp, &nl, &tile) || check_layers(nl, tile) < 0)
+    if (!PyArg_ParseTuple(args, "KnKKin", &xp, &n, &yp, &sp, &nl, &tile) ||
+        check_layers("mlp_forward", nl, tile) < 0)
         return NULL;
     const int64_t *spec = (const int64_t *)(uintptr_t)sp;
     wide = describe_layers(spec, nl, L);
@@ -330,7 +331,7 @@ PyObject *py_aegmm_energy(PyObject *self, PyObject *args)
     (void)self;
     if (!PyArg_ParseTuple(args, "KnKiKiiddKKKiKn", &xp, &n, &ep, &ne, &dp, &nd, &mode, &eps, &log_eps, &ptp, &offp,
                           &cp, &k, &op, &tile) ||
-        check_layers(ne, tile) < 0 || check_layers(nd, tile) < 0)
+        check_layers("aegmm_energy", ne, tile) < 0 || check_layers("aegmm_energy", nd, tile) < 0)
         return NULL;
     const int64_t *es = (const int64_t *)(uintptr_t)ep, *ds = (const int64_t *)(uintptr_t)dp;
     const int64_t lat = es[5 * (ne - 1) + 1];

@@ -140,6 +140,10 @@ class Plan:
         # a two-layer softmax head the C kernel of dagmm.fused_head computes whole
         self.head = unflatten is None and kinds in _HEADS
 
+    def spec(self) -> tuple:
+        """Each layer's dropout probability in effect now (None where it does not drop): what module(x) would use."""
+        return tuple(m.p if kind == _DROPOUT and m.training else None for kind, m, _, _, _ in self.ops)
+
 
 def _hooked(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
@@ -218,8 +222,7 @@ def run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if p is None or x.dim() < 2 or (x.dim() != 2 and not p.flatten):
         return module(x)
     h = x.flatten(1) if p.flatten else x  # (N, F)
-    # Dropout's mode is read now: it is what module(x) would use.
-    spec = tuple(m.p if kind == _DROPOUT and m.training else None for kind, m, _, _, _ in p.ops)
+    spec = p.spec()
     c_kernels = p.c_tanh and _native_tanh(h)
     c_tanh = p.has_tanh and c_kernels
     if c_tanh and p.head:

@@ -5,12 +5,13 @@ stack is a chain of ``Linear`` layers each followed by nothing, ``Tanh`` or
 ``ReLU`` (``Dropout`` that does not drop and ``Identity`` are skipped), every
 parameter is float32 on the CPU, and the kernels are built and on
 (:mod:`dagmm.native`) as their x86-64-v3 (AVX2 + FMA) clone on a CPU that has
-it (:data:`FAST`; GCC on x86-64 Linux: elsewhere the torch code runs).  The kernel takes a tile of rows through every layer
-while its activations stay in cache, with bias and activation applied to each
-product in place: 5.8 against 9.9 ms for the KDDCUP encoder at 16384 rows on
-one thread of the development machine (``python benchmarks/mlp_kernel.py``,
-``benchmarks/results/mlp_kernel.md``).  The result is the same
-function as the torch code up to float32 rounding (``tests/test_fused.py``).
+it (:data:`FAST`: built by GCC on x86-64 Linux; elsewhere the torch code runs).
+The kernel takes a tile of rows through every layer while its activations
+stay in cache, with bias and activation applied to each product in place:
+5.8 against 9.9 ms for the KDDCUP encoder at 16384 rows on one thread of the
+development machine (``python benchmarks/mlp_kernel.py``,
+``benchmarks/results/mlp_kernel.md``).  The result is the same function as the
+torch code up to float32 rounding (``tests/test_fused.py``).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def energy_kernel(model, phi: torch.Tensor, mu: torch.Tensor,
         p = fused.plan(net)
         if p is None or p.flatten or p.unflatten is not None or not p.c_tanh:
             return None
-        layers = chain(p.ops, tuple(m.p if kind == _DROPOUT and m.training else None for kind, m, *_ in p.ops))
+        layers = chain(p.ops, p.spec())
         if layers is None:
             return None
         specs.append(_spec(layers))

@@ -54,8 +54,7 @@ def aegmm_loss(model: torch.nn.Module, xb: torch.Tensor, loss_fn: Callable, w_en
         return None
     if enc.ops[-1][0] != fused._LINEAR or dec.ops[-1][0] != fused._LINEAR or dec.ops[-1][2].shape[0] != xb.shape[1]:
         return None  # the latent code and the reconstruction come straight from a Linear
-    specs = tuple(tuple(m.p if kind == fused._DROPOUT and m.training else None for kind, m, _, _, _ in p.ops)
-                  for p in stacks)
+    specs = tuple(p.spec() for p in stacks)
     params = [*enc.params, *dec.params, *head.params]
     out: list = []
     loss = _AEGMMLoss.apply(xb, (stacks, specs, first, float(w_energy), float(w_cov_diag), float(cov_eps), out),
