@@ -12,8 +12,8 @@ setup(
         Extension(
             "dagmm._native",
             sources=["src/dagmm/_native.c", "src/dagmm/_native_act.c", "src/dagmm/_native_head.c",
-                     "src/dagmm/_native_mlp.c"],
-            depends=["src/dagmm/_native.h"],
+                     "src/dagmm/_native_mlp.c", "src/dagmm/_native_train.c"],
+            depends=["src/dagmm/_native.h", "src/dagmm/_native_block.h"],
             # -fopenmp-simd: only the "omp simd" loop hints (vectorised sums), no OpenMP runtime;
             # -fno-trapping-math: selects instead of branches in vector loops (same values computed)
             extra_compile_args=["-O3", "-std=c99", "-fopenmp-simd", "-fno-fast-math", "-fno-trapping-math"],

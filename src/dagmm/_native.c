@@ -494,8 +494,8 @@ KERNEL void recon_forward(const void *x, const void *r, Py_ssize_t ldr, Py_ssize
 
 #define ROW_GRAD(T)                                                                                                  \
     do {                                                                                                             \
-        const T *xi = (const T *)x + i * f, *ri = (const T *)r + i * f;                                              \
-        T *oi = (T *)out + i * f;                                                                                    \
+        const T *xi = (const T *)x + i * f, *ri = (const T *)r + i * ldr;                                            \
+        T *oi = (T *)out + i * ldo;                                                                                  \
         _Pragma("omp simd") for (Py_ssize_t j = 0; j < f; j++)                                                     \
         {                                                                                                            \
             double dv = (double)(ri[j] - xi[j]);                                                                     \
@@ -505,11 +505,14 @@ KERNEL void recon_forward(const void *x, const void *r, Py_ssize_t ldr, Py_ssize
 
 /* d/dx' of g_head * head + g_cos * cos, per row: a (x' - x) + b x' + c x (the closed form of
    dagmm.features._ReconPair; the difference is formed again in the inputs' precision, so no
-   cancellation between a and the other two terms) */
-KERNEL static void recon_backward(const void *x, const void *r, Py_ssize_t n, Py_ssize_t f, int is_double, int mode,
-                           double eps, double log_eps, const strided *grad, const double *saved, double sq_coef,
-                           void *out)
+   cancellation between a and the other two terms).  x' and out have rows ldr and ldo elements apart
+   (f for contiguous arrays; more for the padded tiles of dagmm/_native_train.c); grad is (n, 2) with
+   element strides gs0, gs1. */
+KERNEL void recon_backward(const void *x, const void *r, Py_ssize_t ldr, Py_ssize_t n, Py_ssize_t f, int is_double,
+                           int mode, double eps, double log_eps, const void *gp, Py_ssize_t gs0, Py_ssize_t gs1,
+                           int g_double, const double *saved, double sq_coef, void *out, Py_ssize_t ldo)
 {
+    const strided gm = {(const char *)gp, gs0, gs1, g_double}, *grad = &gm;
     for (Py_ssize_t i = 0; i < n; i++) {
         const double *si = saved + 5 * i;
         double xn = si[0], rn = si[1], err = si[2], den = si[3], cosv = si[4];
@@ -557,10 +560,10 @@ static PyObject *py_recon_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "KKnnpiddKnnpKK|d", &xp, &rp, &n, &f, &dbl, &mode, &eps, &log_eps, &gp, &gs0, &gs1,
                           &gdbl, &sp, &op, &sq_coef))
         return NULL;
-    strided g = {(const char *)(uintptr_t)gp, gs0, gs1, gdbl};
     Py_BEGIN_ALLOW_THREADS
-    recon_backward((const void *)(uintptr_t)xp, (const void *)(uintptr_t)rp, n, f, dbl, mode, eps, log_eps, &g,
-                   (const double *)(uintptr_t)sp, sq_coef, (void *)(uintptr_t)op);
+    recon_backward((const void *)(uintptr_t)xp, (const void *)(uintptr_t)rp, f, n, f, dbl, mode, eps, log_eps,
+                   (const void *)(uintptr_t)gp, gs0, gs1, gdbl, (const double *)(uintptr_t)sp, sq_coef,
+                   (void *)(uintptr_t)op, f);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -612,6 +615,19 @@ static PyMethodDef methods[] = {
      "Private to dagmm.fused_mlp: DAGMM's sample energy of contiguous float32 rows x (n, f) into float64 out (n,):\n"
      "encoder and decoder as mlp_forward's specs, the features of recon_forward (mode), and the mixture as\n"
      "float64 P_k^T (k, d, d), P_k^T mu_k (k, d) and the constants c (k,)."},
+    {"train_forward", py_train_forward, METH_VARARGS,
+     "train_forward(x_ptr, n, f, spec_ptr, n_layers, n_enc, mode, eps, log_eps, acts_ptr, z_ptr, norms_ptr, tile,\n"
+     "              threads) -> None\n\n"
+     "Private to dagmm.fused_mlp: the encoder (the first n_enc layers of spec, as mlp_forward's) and decoder on\n"
+     "contiguous float32 rows x (n, f), every layer's output into acts ((n, out rounded up to 8) per layer, one\n"
+     "after the other), the latent code and the features of recon_forward into z (n, latent + 2), the norms\n"
+     "into float64 norms (n, 5)."},
+    {"train_backward", py_train_backward, METH_VARARGS,
+     "train_backward(x_ptr, n, f, spec_ptr, n_layers, n_enc, mode, eps, log_eps, acts_ptr, norms_ptr, gz_ptr,\n"
+     "               sq_coef, grads_ptr, tile, threads) -> None\n\n"
+     "Private to dagmm.fused_mlp: the parameter gradients of train_forward's layers for dJ/dz (latent + 2, n)\n"
+     "plus sq_coef (x' - x) with respect to x'; grads holds 2 n_layers int64 addresses (weight gradient,\n"
+     "bias gradient or 0)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -78,6 +78,12 @@ static inline float exp_neg(float x)
 void recon_forward(const void *x, const void *r, Py_ssize_t ldr, Py_ssize_t n, Py_ssize_t f, int is_double, int mode,
                    double eps, double log_eps, void *out, double *saved);
 
+/* _native.c: the gradient with respect to x' of those features for grad (n, 2) (element strides gs0, gs1),
+   plus sq_coef (x' - x), into out (rows ldo apart) */
+void recon_backward(const void *x, const void *r, Py_ssize_t ldr, Py_ssize_t n, Py_ssize_t f, int is_double, int mode,
+                    double eps, double log_eps, const void *gp, Py_ssize_t gs0, Py_ssize_t gs1, int g_double,
+                    const double *saved, double sq_coef, void *out, Py_ssize_t ldo);
+
 /* _native_act.c: the tanh layers of dagmm.fused */
 PyObject *py_bias_tanh(PyObject *self, PyObject *args);
 PyObject *py_tanh_grad(PyObject *self, PyObject *args);
@@ -90,5 +96,9 @@ PyObject *py_head_backward(PyObject *self, PyObject *args);
 PyObject *py_mlp_forward(PyObject *self, PyObject *args);
 PyObject *py_aegmm_energy(PyObject *self, PyObject *args);
 PyObject *py_mlp_fast(PyObject *self, PyObject *args);
+
+/* _native_train.c: the auto-encoder of dagmm.train_step's loss, forward and backward */
+PyObject *py_train_forward(PyObject *self, PyObject *args);
+PyObject *py_train_backward(PyObject *self, PyObject *args);
 
 #endif

@@ -17,110 +17,10 @@
  * another order, so results agree to float32 rounding, not bit for bit (tests/test_fused.py).
  * The tanh is tanh_f of _native.h, as in the training kernels.
  */
-#include "_native.h"
+#include "_native_block.h"
 
 #include <math.h>
 #include <stdlib.h>
-
-/* 8 floats; aligned(4) and may_alias so any float address can be loaded and stored as one */
-typedef float v8 __attribute__((vector_size(32), aligned(4), may_alias));
-
-enum { MR = 6, ACT_NONE = 0, ACT_TANH = 1, ACT_RELU = 2 };
-
-/* y[r, 0:8 nv] = b[0:8 nv] + sum_i x[r, i] wt[i, 0:8 nv] for r < mr: the register block.  mr and nv
-   are constants at every call site (run_block), so the accumulators live in registers. */
-static inline __attribute__((always_inline)) void block(const float *restrict x, Py_ssize_t ldx, Py_ssize_t k,
-                                                          const float *restrict wt, Py_ssize_t ldw,
-                                                          const float *restrict b, float *restrict y,
-                                                          Py_ssize_t ldy, const int mr, const int nv)
-{
-    v8 acc[MR][2];
-    const v8 b0 = *(const v8 *)b, b1 = nv > 1 ? *(const v8 *)(b + 8) : b0;
-#pragma GCC unroll 6
-    for (int r = 0; r < mr; r++) {
-        acc[r][0] = b0;
-        acc[r][1] = b1;
-    }
-    for (Py_ssize_t i = 0; i < k; i++) {
-        const v8 w0 = *(const v8 *)(wt + i * ldw);
-        const v8 w1 = nv > 1 ? *(const v8 *)(wt + i * ldw + 8) : w0;
-#pragma GCC unroll 6
-        for (int r = 0; r < mr; r++) {
-            const float xr = x[r * ldx + i];
-            acc[r][0] += xr * w0;
-            if (nv > 1)
-                acc[r][1] += xr * w1;
-        }
-    }
-#pragma GCC unroll 6
-    for (int r = 0; r < mr; r++) {
-        *(v8 *)(y + r * ldy) = acc[r][0];
-        if (nv > 1)
-            *(v8 *)(y + r * ldy + 8) = acc[r][1];
-    }
-}
-
-#define BLOCK_CASE(m)                                                                                         \
-    case m:                                                                                                   \
-        if (nv > 1)                                                                                           \
-            block(x, ldx, k, wt, ldw, b, y, ldy, m, 2);                                                       \
-        else                                                                                                  \
-            block(x, ldx, k, wt, ldw, b, y, ldy, m, 1);                                                       \
-        break;
-
-static inline __attribute__((always_inline)) void run_block(const float *restrict x, Py_ssize_t ldx, Py_ssize_t k,
-                                                              const float *restrict wt, Py_ssize_t ldw,
-                                                              const float *restrict b, float *restrict y,
-                                                              Py_ssize_t ldy, int mr, int nv)
-{
-    switch (mr) {
-        BLOCK_CASE(1)
-        BLOCK_CASE(2)
-        BLOCK_CASE(3)
-        BLOCK_CASE(4)
-        BLOCK_CASE(5)
-        BLOCK_CASE(6)
-    }
-}
-
-/* One layer over `rows` rows: y (rows, ow) = act(x (rows, k) wt (k, ow) + b), ow a multiple of 8,
-   row strides ldx and ldy.  Outputs outer, rows inner: a 16-wide slice of wt stays in L1 while the
-   tile's rows stream past it. */
-static inline __attribute__((always_inline)) void layer(const float *restrict x, Py_ssize_t ldx, Py_ssize_t rows,
-                                                          Py_ssize_t k, const float *restrict wt, Py_ssize_t ow,
-                                                          const float *restrict b, int act, float *restrict y,
-                                                          Py_ssize_t ldy)
-{
-    for (Py_ssize_t o = 0; o < ow; o += 16) {
-        const int nv = ow - o >= 16 ? 2 : 1;
-        Py_ssize_t r = 0;
-        for (; r + MR <= rows; r += MR)
-            run_block(x + r * ldx, ldx, k, wt + o, ow, b + o, y + r * ldy + o, ldy, MR, nv);
-        if (r < rows)
-            run_block(x + r * ldx, ldx, k, wt + o, ow, b + o, y + r * ldy + o, ldy, (int)(rows - r), nv);
-    }
-    if (act == ACT_NONE)
-        return;
-    for (Py_ssize_t r = 0; r < rows; r++) {
-        float *restrict row = y + r * ldy;
-        if (act == ACT_TANH) {
-#pragma omp simd
-            for (Py_ssize_t j = 0; j < ow; j++)
-                row[j] = tanh_f(row[j]);
-        } else {
-#pragma omp simd
-            for (Py_ssize_t j = 0; j < ow; j++)
-                row[j] = row[j] > 0.0f ? row[j] : (row[j] == row[j] ? 0.0f : row[j]); /* relu; NaN stays */
-        }
-    }
-}
-
-typedef struct {
-    Py_ssize_t in, out, ow; /* ow: out rounded up to a multiple of 8 */
-    const float *wt;        /* (in, ow): the weight transposed, zero past out */
-    const float *b;         /* (ow,): the bias, zero past out (and where the layer has none) */
-    int act;
-} Layer;
 
 /* Run `rows` rows of x (row stride ldx) through the layers, the activations alternating between
    buf[0] and buf[1]; the last layer writes to `out` (row stride ldo) when not NULL.  Returns where
@@ -165,7 +65,7 @@ KERNEL_FMA static void mlp_forward(const float *restrict x, Py_ssize_t n, const 
 
 /* Fill in the shapes of the layers described by spec (nl rows of five int64: in, out, weight
    address (out, in) row-major, bias address or 0, activation); returns the widest padded width. */
-static Py_ssize_t describe_layers(const int64_t *spec, int nl, Layer *L)
+Py_ssize_t describe_layers(const int64_t *spec, int nl, Layer *L)
 {
     Py_ssize_t wide = 8;
     for (int l = 0; l < nl; l++) {
@@ -182,7 +82,7 @@ static Py_ssize_t describe_layers(const int64_t *spec, int nl, Layer *L)
 
 /* The described layers' weights transposed and zero-padded, biases padded, in one allocation
    followed by `extra` floats of work space (*work).  NULL with MemoryError set when out of memory. */
-static float *pack_layers(const int64_t *spec, int nl, Layer *L, size_t extra, float **work)
+float *pack_layers(const int64_t *spec, int nl, Layer *L, size_t extra, float **work)
 {
     size_t packed = 0;
     for (int l = 0; l < nl; l++)
@@ -212,7 +112,7 @@ static float *pack_layers(const int64_t *spec, int nl, Layer *L, size_t extra, f
     return mem;
 }
 
-static int check_layers(const char *kernel, int nl, Py_ssize_t tile)
+int check_layers(const char *kernel, int nl, Py_ssize_t tile)
 {
     if (nl < 1 || nl > 64 || tile < 1) {
         PyErr_Format(PyExc_ValueError, "%s: 1 to 64 layers and a positive tile are required", kernel);

@@ -122,3 +122,81 @@ def _spec(layers: list) -> tuple:
     spec = torch.tensor([[w.shape[1], w.shape[0], w.data_ptr(), 0 if b is None else b.data_ptr(), act]
                          for w, b, act in layers], dtype=torch.int64)  # (layers, 5)
     return spec, len(layers)
+
+
+# Training (dagmm.train_step): the auto-encoder forward and backward in one call each.
+# Rows per tile in training: the weight-gradient sums are loaded and stored once per tile, so tiles
+# larger than inference's pay off (benchmarks/results/NOTES-speed.md, seventh pass).
+TRAIN_TILE = 48
+
+
+class TrainNet:
+    """An encoder and decoder the training kernels of ``dagmm/_native_train.c`` take, as one chain.
+
+    Built by :func:`train_net`; holds the kernels' layer description (made
+    from the parameters' current addresses, so build one per step), the
+    parameters in :attr:`dagmm.fused.Plan.params` order, and where each
+    layer's output lives in the activation buffer.
+    """
+
+    __slots__ = ("spec", "n_layers", "n_enc", "params", "widths", "has_bias", "features", "latent")
+
+    def __init__(self, layers: list, n_enc: int) -> None:
+        self.spec, self.n_layers = _spec(layers)
+        self.n_enc = n_enc
+        self.params = [t for w, b, _ in layers for t in ((w,) if b is None else (w, b))]
+        self.widths = [(w.shape[0] + 7) // 8 * 8 for w, _, _ in layers]  # each output padded to 8
+        self.has_bias = [b is not None for _, b, _ in layers]
+        self.features = layers[0][0].shape[1]
+        self.latent = layers[n_enc - 1][0].shape[0]
+
+
+def train_net(enc_ops: list, enc_spec: tuple, dec_ops: list, dec_spec: tuple) -> Optional[TrainNet]:
+    """A :class:`TrainNet` for the encoder and decoder plans, or None where the kernels do not apply.
+
+    Both must be chains :func:`chain` takes, ending in a bare ``Linear``, the
+    decoder mapping the latent code back to the encoder's input width.
+    """
+    enc, dec = chain(enc_ops, enc_spec), chain(dec_ops, dec_spec)
+    if enc is None or dec is None or enc[-1][2] or dec[-1][2] or len(enc) + len(dec) > _MAX_LAYERS:
+        return None
+    latent, features = enc[-1][0].shape[0], enc[0][0].shape[1]
+    if dec[0][0].shape[1] != latent or dec[-1][0].shape[0] != features or latent + 2 > _MAX_Z:
+        return None
+    return TrainNet(enc + dec, len(enc))
+
+
+def train_forward(net: TrainNet, x: torch.Tensor, mode: int, eps: float, log_eps: float,
+                  threads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward pass of contiguous float32 CPU rows ``x`` (N, F).
+
+    Returns ``(acts, z, norms, x_recon)``: every layer's output, one after
+    the other in one flat buffer (layer ``l`` is (N, ``widths[l]``)), the
+    latent code beside the two reconstruction features (N, L + 2), the
+    per-row norms of the features (N, 5, float64, for the backward) and
+    ``x'`` (N, F), a view into ``acts``.
+    """
+    n = x.shape[0]
+    acts = torch.empty(n * sum(net.widths), dtype=torch.float32)
+    z = torch.empty((n, net.latent + 2), dtype=torch.float32)
+    norms = torch.empty((n, 5), dtype=torch.float64)
+    native.kernels.train_forward(x.data_ptr(), n, net.features, net.spec.data_ptr(), net.n_layers, net.n_enc, mode,
+                                 eps, log_eps, acts.data_ptr(), z.data_ptr(), norms.data_ptr(), TRAIN_TILE, threads)
+    last = net.widths[-1]
+    x_recon = acts[acts.numel() - n * last:].view(n, last)[:, :net.features]  # (N, F)
+    return acts, z, norms, x_recon
+
+
+def train_backward(net: TrainNet, x: torch.Tensor, acts: torch.Tensor, norms: torch.Tensor, grad_z: torch.Tensor,
+                   sq_coef: float, mode: int, eps: float, log_eps: float, threads: int) -> list[torch.Tensor]:
+    """The parameter gradients (in :attr:`TrainNet.params` order) for dJ/dz ``grad_z`` (L + 2, N), contiguous
+    float32, plus ``sq_coef (x' - x)`` with respect to ``x'``."""
+    grads = [torch.empty_like(p) for p in net.params]
+    addresses, it = [], iter(grads)
+    for has_bias in net.has_bias:
+        addresses += [next(it).data_ptr(), next(it).data_ptr() if has_bias else 0]
+    table = torch.tensor(addresses, dtype=torch.int64)
+    native.kernels.train_backward(x.data_ptr(), x.shape[0], net.features, net.spec.data_ptr(), net.n_layers,
+                                  net.n_enc, mode, eps, log_eps, acts.data_ptr(), norms.data_ptr(), grad_z.data_ptr(),
+                                  sq_coef, table.data_ptr(), TRAIN_TILE, threads)
+    return grads

@@ -26,8 +26,9 @@ from typing import Callable, Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import fused, fused_head
-from .features import _native_backward, _native_forward, default_recon_features, log_mse_cosine
+from . import fused, fused_head, fused_mlp
+from .features import (LOG_MSE_EPS, RECON_EPS, _MODES, _native_backward, _native_forward, default_recon_features,
+                       log_mse_cosine)
 from .losses import loss_aegmm
 from .nets import AEGMMNet
 from .objective import native_objective
@@ -55,36 +56,51 @@ def aegmm_loss(model: torch.nn.Module, xb: torch.Tensor, loss_fn: Callable, w_en
     if enc.ops[-1][0] != fused._LINEAR or dec.ops[-1][0] != fused._LINEAR or dec.ops[-1][2].shape[0] != xb.shape[1]:
         return None  # the latent code and the reconstruction come straight from a Linear
     specs = tuple(p.spec() for p in stacks)
+    net = fused_mlp.train_net(enc.ops, specs[0], dec.ops, specs[1])
+    if net is not None and net.params != [*enc.params, *dec.params]:
+        net = None  # not expected: the chain skips only layers without parameters
     params = [*enc.params, *dec.params, *head.params]
     out: list = []
-    loss = _AEGMMLoss.apply(xb, (stacks, specs, first, float(w_energy), float(w_cov_diag), float(cov_eps), out),
+    loss = _AEGMMLoss.apply(xb, (stacks, specs, first, net, float(w_energy), float(w_cov_diag), float(cov_eps), out),
                             *params)
     return loss, out[0]
+
+
+def _threads() -> int:
+    """Threads for the training kernels: torch's intra-op setting (the process's CPU budget)."""
+    return torch.get_num_threads()
 
 
 class _AEGMMLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xb, config, *params):
-        (enc, dec, head), (s_enc, s_dec, s_head), first, w_energy, w_cov_diag, cov_eps, out = config
-        latent, saved_enc = fused._forward(xb, s_enc, enc.ops, True, keep=True)  # (N, L)
-        x_recon, saved_dec = fused._forward(latent, s_dec, dec.ops, True, keep=True)  # (N, F)
-        norms = torch.empty((xb.shape[0], 5), dtype=torch.float64)  # norms, error, their product, cosine
-        z = torch.cat([latent, _native_forward(xb, x_recon, first, norms)], dim=1)  # (N, L + 2)
+        (enc, dec, head), (s_enc, s_dec, s_head), first, net, w_energy, w_cov_diag, cov_eps, out = config
+        if net is not None:  # the auto-encoder and the features in one C call
+            acts, z, norms, x_recon = fused_mlp.train_forward(net, xb, _MODES[first], RECON_EPS, LOG_MSE_EPS,
+                                                              _threads())
+            saved_enc = saved_dec = None
+        else:
+            acts = None
+            latent, saved_enc = fused._forward(xb, s_enc, enc.ops, True, keep=True)  # (N, L)
+            x_recon, saved_dec = fused._forward(latent, s_dec, dec.ops, True, keep=True)  # (N, F)
+            norms = torch.empty((xb.shape[0], 5), dtype=torch.float64)  # norms, error, their product, cosine
+            z = torch.cat([latent, _native_forward(xb, x_recon, first, norms)], dim=1)  # (N, L + 2)
         w1, b1, w2, b2, prob = fused_head.layers(head, s_head)
         y, t, u, keep = fused_head.forward(z, w1, b1, w2, b2, prob)  # y (K, N)
         value, grad_z, grad_gamma = native_objective(z, y.t(), w_energy, w_cov_diag, cov_eps)  # (D, N), (K, N)
         sq_err = norms[:, 2].square().sum().item()  # sum_i ||x_i - x'_i||^2 in float64
         out.append(x_recon.detach())
-        ctx.stacks, ctx.first, ctx.keep = (enc, dec, head), first, keep
+        ctx.stacks, ctx.first, ctx.keep, ctx.net = (enc, dec, head), first, keep, net
         ctx.head_layers = (w1, w2, b1 is not None, b2 is not None)
         ctx.saved = (saved_enc, saved_dec)
-        ctx.save_for_backward(xb, x_recon, norms, z, y, t, grad_z, grad_gamma, *([u] if u is not None else []))
+        ctx.save_for_backward(xb, acts if acts is not None else x_recon, norms, z, y, t, grad_z, grad_gamma,
+                              *([u] if u is not None else []))
         return torch.tensor(sq_err / xb.shape[0] + value, dtype=xb.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        xb, x_recon, norms, z, y, t, grad_z, grad_gamma, *rest = ctx.saved_tensors
+        xb, x_recon, norms, z, y, t, grad_z, grad_gamma, *rest = ctx.saved_tensors  # x_recon: acts with ctx.net
         enc, dec, _ = ctx.stacks
         saved_enc, saved_dec = ctx.saved
         g = float(grad)
@@ -95,6 +111,10 @@ class _AEGMMLoss(torch.autograd.Function):
         gz_head, head_grads = fused_head.backward(z, w1, w2, has_b1, has_b2, rest[0] if rest else None, ctx.keep,
                                                   t, y, grad_gamma.t(), True)
         g_z = grad_z.add_(gz_head)  # (D, N)
+        if ctx.net is not None:
+            grads = fused_mlp.train_backward(ctx.net, xb, x_recon, norms, g_z, 2.0 * g / xb.shape[0],
+                                             _MODES[ctx.first], RECON_EPS, LOG_MSE_EPS, _threads())
+            return (None, None, *grads, *head_grads)
         latent_dim = z.shape[1] - 2
         # reconstruction features and the squared error, both with respect to x'
         g_recon = _native_backward(xb, x_recon, ctx.first, g_z[latent_dim:].t(), norms, 2.0 * g / xb.shape[0])
