@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dagmm import OutlierAEGMM, native, train_step
+from dagmm import OutlierAEGMM, fused, native, train_step
 from dagmm.features import default_recon_features, log_mse_cosine
 from dagmm.losses import loss_aegmm, loss_mse
 from dagmm.nets import AEGMMNet, paper_kddcup_nets
@@ -105,3 +105,125 @@ def test_fit_trains_through_the_single_node(monkeypatch, rng):
     slow = OutlierAEGMM(architecture="paper").fit(X, epochs=2, batch_size=200, verbose=False, seed=0)
     for a, b in zip(fast.history_, slow.history_):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+def _require_fast_mlp() -> None:
+    from dagmm import fused_mlp
+
+    if not fused_mlp.FAST:
+        pytest.skip("the training kernels run only as their AVX2 + FMA build (dagmm.fused_mlp.FAST is False)")
+
+
+def _net(n_features, latent, act, bias=True):
+    def stack(widths, last_act=False):
+        layers = []
+        for i, (a, b) in enumerate(zip(widths, widths[1:])):
+            layers.append(nn.Linear(a, b, bias=bias))
+            if i < len(widths) - 2 or last_act:
+                layers.append(act())
+        return nn.Sequential(*layers)
+
+    enc = stack([n_features, 13, 7, latent])
+    dec = stack([latent, 7, 13, n_features])
+    head = nn.Sequential(nn.Linear(latent + 2, 10), nn.Tanh(), nn.Dropout(0.5), nn.Linear(10, 4), nn.Softmax(dim=1))
+    return AEGMMNet(enc, dec, head, default_recon_features)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(20, 1, nn.Tanh, True), (16, 3, nn.ReLU, True), (33, 2, nn.Tanh, False),
+                                   (120, 1, nn.Tanh, True)])
+@pytest.mark.parametrize("rows", [1, 5, 47, 48, 49, 97, 1000])
+def test_training_kernels_match_the_per_layer_products(threads, shape, rows, monkeypatch):
+    """The two C calls against the same loss with torch.mm per layer: loss, x' and every gradient."""
+    from dagmm import fused_mlp
+
+    _require_fast_mlp()
+    n_features, latent, act, bias = shape
+    torch.manual_seed(3)
+    model = _net(n_features, latent, act, bias) if n_features != 120 else _model(n_features=120)
+    xb = torch.randn(rows, n_features) * 2.0
+    params = list(model.parameters())
+    monkeypatch.setattr(train_step, "_threads", lambda: threads)
+    calls = []
+    real = fused_mlp.train_forward
+    monkeypatch.setattr(fused_mlp, "train_forward", lambda *a: calls.append(a[-1]) or real(*a))
+    out = {}
+    for name, build in (("c", fused_mlp.train_net), ("mm", lambda *a: None)):
+        monkeypatch.setattr(fused_mlp, "train_net", build)
+        torch.manual_seed(11)
+        loss, x_recon = train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005)
+        out[name] = (loss, x_recon, torch.autograd.grad(loss, params))
+    assert calls == [threads]  # the C path ran once, with the threads asked for
+    (loss, x_recon, grads), (ref, ref_recon, ref_grads) = out["c"], out["mm"]
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_recon, ref_recon, rtol=1e-5, atol=1e-5)
+    for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5 * max(r.abs().max().item(), 1e-3), msg=name)
+
+
+@pytest.mark.parametrize("case", ["sigmoid encoder", "dropping encoder", "activation last", "decoder width"])
+def test_training_kernels_only_where_they_apply(case, monkeypatch):
+    from dagmm import fused_mlp
+
+    _require_fast_mlp()
+    model = _model()
+    if case == "sigmoid encoder":
+        model.encoder[1] = nn.Sigmoid()
+    elif case == "dropping encoder":
+        model.encoder.insert(2, nn.Dropout(0.2))
+    elif case == "activation last":
+        model.decoder.append(nn.Tanh())
+    assert fused_mlp.train_net(*(x for p in (fused.plan(model.encoder), fused.plan(model.decoder))
+                                 for x in (p.ops, p.spec()))) is None or case == "decoder width"
+    if case == "decoder width":  # a decoder that does not map back to the input width
+        enc, dec = fused.plan(model.encoder), fused.plan(nn.Sequential(nn.Linear(1, 5)))
+        assert fused_mlp.train_net(enc.ops, enc.spec(), dec.ops, dec.spec()) is None
+    else:  # the loss still runs, on the per-layer path, and matches the modules
+        monkeypatch.setattr(fused_mlp, "train_forward", lambda *a: pytest.fail("the C path was taken"))
+        xb = torch.randn(64, 20)
+        if case == "activation last":  # x' must come straight from a Linear: the whole node steps aside
+            assert train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005) is None
+        elif case == "dropping encoder":  # its masks are drawn by dagmm.fused, not nn.Dropout: no twin
+            assert train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005) is not None
+        else:
+            (ref, _), (loss, _) = _both(model, xb, w_energy=0.1, w_cov_diag=0.005)
+            torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_training_kernels_check_the_layers():
+    from dagmm import fused_mlp
+
+    _require_fast_mlp()
+    model = _model()
+    enc, dec = fused.plan(model.encoder), fused.plan(model.decoder)
+    net = fused_mlp.train_net(enc.ops, enc.spec(), dec.ops, dec.spec())
+    x = torch.randn(10, 20)
+    acts, z = torch.empty(10 * sum(net.widths)), torch.empty(10, 3)
+    norms = torch.empty(10, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="train_forward: the encoder \\(the first n_enc layers\\) must map the 20 "
+                                         "inputs of 10 rows"):
+        native.kernels.train_forward(x.data_ptr(), 10, 20, net.spec.data_ptr(), net.n_layers, net.n_layers, 0,
+                                     1e-8, 1e-8, acts.data_ptr(), z.data_ptr(), norms.data_ptr(), 48, 1)
+    with pytest.raises(ValueError, match="train_forward: 1 to 64 layers and a positive tile"):
+        native.kernels.train_forward(x.data_ptr(), 10, 20, net.spec.data_ptr(), net.n_layers, 4, 0,
+                                     1e-8, 1e-8, acts.data_ptr(), z.data_ptr(), norms.data_ptr(), 0, 1)
+
+
+def test_kernel_threads_takes_torch_threads_only_inside_and_gives_them_back():
+    torch.set_num_threads(2)
+    try:
+        assert train_step._threads() == 1 and torch.get_num_threads() == 2  # outside: torch untouched
+        with train_step.kernel_threads():
+            assert torch.get_num_threads() == 2  # nothing taken before a kernel step
+            assert train_step._threads() == 2 and torch.get_num_threads() == 1
+            assert train_step._threads() == 2  # the same count for every later step
+            with train_step.kernel_threads():  # nested (a fit inside a callback): its own count
+                assert train_step._threads() == 1
+            assert train_step._threads() == 2 and torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="boom"), train_step.kernel_threads():
+            train_step._threads()
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(2)

@@ -32,7 +32,7 @@ from .auto import (
 )
 from .losses import loss_aegmm
 from .nets import AEGMMNet, paper_kddcup_nets
-from .train_step import aegmm_loss
+from .train_step import aegmm_loss, kernel_threads
 from .training import OptimizerArg, resolve_optimizer
 
 #: Learning rate and loss weights of user networks and the paper architecture (the paper's values).
@@ -337,9 +337,10 @@ class OutlierAEGMM(BaseDetector):
                 x_recon, z, gamma = model(xb)
                 return loss_fn(xb, x_recon, z, gamma, **kwargs), x_recon
 
-            self.history_, stopped = train_scheduled(
-                model, X, batch_loss, opt, plan, seed=seed, generator=gen, device=self.device,
-                callbacks=callbacks, verbose=verbose, log_metric=log_metric, desc="OutlierAEGMM")
+            with kernel_threads():
+                self.history_, stopped = train_scheduled(
+                    model, X, batch_loss, opt, plan, seed=seed, generator=gen, device=self.device,
+                    callbacks=callbacks, verbose=verbose, log_metric=log_metric, desc="OutlierAEGMM")
         self.auto_config_ = {
             **(config or {"architecture": "paper" if self.default_architecture else "user"}),
             "n_rows": int(len(X)), "standardize": bool(standardize), "n_gmm": int(self.n_gmm),

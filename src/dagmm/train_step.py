@@ -15,13 +15,22 @@ composed modules up to float32 rounding (``tests/test_train_step.py``); the
 squared error is summed in float64 by the features kernel, which also adds its
 gradient to the features' own.
 
+Where the encoder and decoder are chains the inference kernel of
+:mod:`dagmm.fused_mlp` takes (``Linear`` layers each followed by nothing,
+``Tanh`` or ``ReLU``) and that kernel runs vectorised (:data:`dagmm.fused_mlp.FAST`),
+the auto-encoder and the features run as two C calls, one forward and one
+backward (``dagmm/_native_train.c``), on the threads :func:`kernel_threads`
+grants; elsewhere each layer is a ``torch.mm`` per direction.
+
 Anything else -- another network, loss or device, hooks, float64 -- returns
 None from :func:`aegmm_loss`, and the caller runs the modules as usual.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import contextlib
+import threading
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -33,7 +42,7 @@ from .losses import loss_aegmm
 from .nets import AEGMMNet
 from .objective import native_objective
 
-__all__ = ["aegmm_loss"]
+__all__ = ["aegmm_loss", "kernel_threads"]
 
 _FEATURES = {default_recon_features: "relative", log_mse_cosine: "log_mse"}
 
@@ -66,18 +75,55 @@ def aegmm_loss(model: torch.nn.Module, xb: torch.Tensor, loss_fn: Callable, w_en
     return loss, out[0]
 
 
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def kernel_threads() -> Iterator[None]:
+    """Let the training kernels of this thread's steps have the cores torch's operations had.
+
+    The auto-encoder kernels (:func:`dagmm.fused_mlp.train_forward` and
+    ``train_backward``) split a batch's rows between threads of their own.
+    Torch's OpenMP workers keep spinning for a while after each parallel
+    operation, so on a machine with as many cores as torch threads those
+    threads would share cores with spinning ones (two kernel threads were
+    slower than one: ``benchmarks/results/NOTES-speed.md``, seventh pass).
+    Inside this context, the first step that runs the kernels sets this
+    thread's torch intra-op threads to one and gives the kernels the count
+    it had; leaving the context sets it back.  Outside it, the kernels run
+    on one thread and torch's setting is left alone.  ``OutlierAEGMM.fit``
+    trains inside it.
+    """
+    previous = getattr(_STATE, "threads", None)
+    _STATE.threads = 0  # 0: no kernel step yet in this context
+    try:
+        yield
+    finally:
+        if _STATE.threads > 1:
+            torch.set_num_threads(_STATE.threads)
+        _STATE.threads = previous
+
+
 def _threads() -> int:
-    """Threads for the training kernels: torch's intra-op setting (the process's CPU budget)."""
-    return torch.get_num_threads()
+    """Threads for the training kernels of this step (see :func:`kernel_threads`)."""
+    threads = getattr(_STATE, "threads", None)
+    if threads is None:
+        return 1
+    if threads == 0:
+        threads = _STATE.threads = torch.get_num_threads()
+        if threads > 1:
+            torch.set_num_threads(1)
+    return threads
 
 
 class _AEGMMLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xb, config, *params):
         (enc, dec, head), (s_enc, s_dec, s_head), first, net, w_energy, w_cov_diag, cov_eps, out = config
+        threads = _threads() if net is not None else 1
         if net is not None:  # the auto-encoder and the features in one C call
             acts, z, norms, x_recon = fused_mlp.train_forward(net, xb, _MODES[first], RECON_EPS, LOG_MSE_EPS,
-                                                              _threads())
+                                                              threads)
             saved_enc = saved_dec = None
         else:
             acts = None
@@ -90,7 +136,7 @@ class _AEGMMLoss(torch.autograd.Function):
         value, grad_z, grad_gamma = native_objective(z, y.t(), w_energy, w_cov_diag, cov_eps)  # (D, N), (K, N)
         sq_err = norms[:, 2].square().sum().item()  # sum_i ||x_i - x'_i||^2 in float64
         out.append(x_recon.detach())
-        ctx.stacks, ctx.first, ctx.keep, ctx.net = (enc, dec, head), first, keep, net
+        ctx.stacks, ctx.first, ctx.keep, ctx.net, ctx.threads = (enc, dec, head), first, keep, net, threads
         ctx.head_layers = (w1, w2, b1 is not None, b2 is not None)
         ctx.saved = (saved_enc, saved_dec)
         ctx.save_for_backward(xb, acts if acts is not None else x_recon, norms, z, y, t, grad_z, grad_gamma,
@@ -113,7 +159,7 @@ class _AEGMMLoss(torch.autograd.Function):
         g_z = grad_z.add_(gz_head)  # (D, N)
         if ctx.net is not None:
             grads = fused_mlp.train_backward(ctx.net, xb, x_recon, norms, g_z, 2.0 * g / xb.shape[0],
-                                             _MODES[ctx.first], RECON_EPS, LOG_MSE_EPS, _threads())
+                                             _MODES[ctx.first], RECON_EPS, LOG_MSE_EPS, ctx.threads)
             return (None, None, *grads, *head_grads)
         latent_dim = z.shape[1] - 2
         # reconstruction features and the squared error, both with respect to x'
