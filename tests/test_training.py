@@ -136,14 +136,17 @@ def test_optimizer_forms():
         resolve_optimizer(lambda p: 3, params, 1e-4)
 
 
-def test_lean_adam_matches_torch_fused_adam_bit_for_bit():
+def test_lean_adam_matches_torch_fused_adam_bit_for_bit(monkeypatch):
     """The cached fast path runs the same kernel: identical weights through lr changes, a state
     reload, a parameter without a gradient and a step hook (which send steps back to torch)."""
     import copy
 
     from torch import nn
 
+    from dagmm import native
     from dagmm.training import LeanAdam
+
+    monkeypatch.setattr(native, "enabled", False)  # the C step agrees to rounding only: the next test
 
     net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2), nn.Linear(2, 2))
     twin = copy.deepcopy(net)
@@ -171,3 +174,62 @@ def test_lean_adam_matches_torch_fused_adam_bit_for_bit():
     for p, q in zip(net.parameters(), twin.parameters()):
         assert torch.equal(p, q)
     assert lean._lean is not None
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_lean_adam_c_step_matches_torch_adam(weight_decay, monkeypatch):
+    """The one-call C step: the same weights, moments and step counters as torch's Adam to float32
+    rounding, through lr changes, a state reload, a parameter without a gradient, a parameter whose
+    storage was replaced and a step hook; and it is the step in use."""
+    import copy
+
+    from torch import nn
+
+    from dagmm import native
+    from dagmm.training import LeanAdam
+
+    from conftest import require_native
+
+    require_native()
+    monkeypatch.setattr(native, "enabled", True)
+    calls = []
+    real = native.kernels.adam_step
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(native.kernels, name) if name != "adam_step" else (
+                lambda *a: calls.append(1) or real(*a))
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2), nn.Linear(2, 2))
+    twin = copy.deepcopy(net)
+    ref = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=weight_decay, foreach=False)
+    lean = LeanAdam(twin.parameters(), lr=1e-2, weight_decay=weight_decay, fused=True)
+    monkeypatch.setattr(native, "kernels", Spy())
+    for i in range(40):
+        x = torch.randn(16, 5)
+        for model, opt in ((net, ref), (twin, lean)):
+            opt.zero_grad(set_to_none=True)
+            out = model[:3](x) if 12 <= i < 15 else model(x)  # the last layer gets no gradient
+            out.pow(2).sum().backward()
+            opt.step()
+        if i == 5:
+            assert lean._lean is not None and lean._lean[4] is not None and len(calls) == 5  # steps 2 to 6
+        if i == 8:
+            for opt in (ref, lean):
+                opt.param_groups[0]["lr"] = 3e-3
+        if i == 20:
+            for opt in (ref, lean):
+                opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        if i == 25:  # a weight given new storage: the cached addresses are stale, torch's kernel takes over
+            before = len(calls)
+            for model in (net, twin):
+                model[0].weight.data = model[0].weight.data.clone()
+        if i == 26:
+            assert len(calls) == before
+        torch.testing.assert_close(list(twin.parameters()), list(net.parameters()), rtol=2e-5, atol=1e-6)
+    for p, q in zip(net.parameters(), twin.parameters()):
+        sa, sb = ref.state[p], lean.state[q]
+        assert float(sa["step"]) == float(sb["step"])
+        torch.testing.assert_close(sb["exp_avg"], sa["exp_avg"], rtol=2e-5, atol=1e-7)
+        torch.testing.assert_close(sb["exp_avg_sq"], sa["exp_avg_sq"], rtol=2e-5, atol=1e-9)

@@ -593,6 +593,11 @@ static PyMethodDef methods[] = {
      "tanh_grad(g_ptr, y_ptr, out_ptr, gb_ptr, n, m) -> None\n\n"
      "Private to dagmm.fused: out = g (1 - y^2) for contiguous float32 (n, m) arrays and, unless gb_ptr is 0,\n"
      "the column sums of out into gb (m,)."},
+    {"adam_step", py_adam_step, METH_VARARGS,
+     "adam_step(table_ptr, grads, lr, beta1, beta2, eps, weight_decay) -> None\n\n"
+     "Private to dagmm.training: Adam's update of float32 contiguous parameters in place; table holds int64\n"
+     "(n, 5) rows (parameter, first moment, second moment, float32 step counter addresses, element count),\n"
+     "grads the n gradients' addresses."},
     {"head_forward", py_head_forward, METH_VARARGS,
      "head_forward(x_ptr, x_s0, x_s1, n, din, w1_ptr, b1_ptr, h, w2_ptr, b2_ptr, k, u_ptr, u_s0, u_s1, keep,\n"
      "             t_ptr, y_ptr) -> None\n\n"

@@ -87,6 +87,7 @@ void recon_backward(const void *x, const void *r, Py_ssize_t ldr, Py_ssize_t n, 
 /* _native_act.c: the tanh layers of dagmm.fused */
 PyObject *py_bias_tanh(PyObject *self, PyObject *args);
 PyObject *py_tanh_grad(PyObject *self, PyObject *args);
+PyObject *py_adam_step(PyObject *self, PyObject *args);
 
 /* _native_head.c: the two-layer softmax head of dagmm.fused_head */
 PyObject *py_head_forward(PyObject *self, PyObject *args);

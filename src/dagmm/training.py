@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.optim import optimizer as _opt
 
+from . import native
 from .gmm import CholeskyError
 
 __all__ = ["LeanAdam", "TrainingDivergedError", "default_adam", "resolve_optimizer", "train"]
@@ -37,6 +38,13 @@ class LeanAdam(torch.optim.Adam):
     makes, the step-counter increment and ``torch._fused_adam_``, on lists
     kept from that step: the same kernel with the same arguments, so the
     same numbers (``tests/test_training.py`` compares them bit for bit).
+    Where the C kernels are built and on (:mod:`dagmm.native`) and every
+    parameter, gradient and state tensor is a contiguous float32 CPU tensor,
+    the step is instead one C call for all parameters and their step
+    counters (``adam_step`` in ``dagmm/_native_act.c``): the same update to
+    float32 rounding, without the fused kernel's per-tensor dispatch, which
+    cost several times the arithmetic here (``benchmarks/results/NOTES-speed.md``,
+    seventh pass).
     Anything the cached lists could miss sends the step back to the parent:
     a closure, a missing gradient, several parameter groups, AMSGrad, step
     hooks, or a ``load_state_dict`` / ``add_param_group`` since the cache was made.
@@ -50,13 +58,26 @@ class LeanAdam(torch.optim.Adam):
             loss = super().step(closure)
             self._lean = self._cache()
             return loss
-        params, exp_avgs, exp_avg_sqs, steps = lean
+        params, exp_avgs, exp_avg_sqs, steps, table, where = lean
         grads = [p.grad for p in params]
         if any(g is None for g in grads):
             self._lean = None
             return super().step()
         group = self.param_groups[0]
         beta1, beta2 = group["betas"]
+        if table is not None:
+            # The C step writes to the addresses it was given: a parameter given new storage (p.data = ...)
+            # sends the step back to the parent, which makes a new cache.  Assigning p.grad checks its
+            # dtype, device and shape against p's, so only the gradients' layout is left to check.
+            if [p.data_ptr() for p in params] != where:
+                self._lean = None
+                return super().step()
+            if native.enabled and not group["maximize"] and all(
+                    type(group[k]) in (float, int) for k in ("lr", "eps", "weight_decay")) and all(
+                    g.is_contiguous() for g in grads):
+                native.kernels.adam_step(table.data_ptr(), [g.data_ptr() for g in grads], group["lr"], beta1,
+                                         beta2, group["eps"], group["weight_decay"])
+                return None
         torch._foreach_add_(steps, 1)
         torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
                            beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
@@ -95,8 +116,21 @@ class LeanAdam(torch.optim.Adam):
         if len({(p.device, p.dtype) for p in params}) != 1:
             return None
         states = [self.state[p] for p in params]
-        return (list(params), [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                [s["step"] for s in states])
+        exp_avgs, exp_avg_sqs, steps = ([s[k] for s in states] for k in ("exp_avg", "exp_avg_sq", "step"))
+        return (list(params), exp_avgs, exp_avg_sqs, steps, _adam_table(params, exp_avgs, exp_avg_sqs, steps, group),
+                [p.data_ptr() for p in params])
+
+
+def _adam_table(params: list, exp_avgs: list, exp_avg_sqs: list, steps: list, group: dict) -> Optional[torch.Tensor]:
+    """The C Adam step's description of the parameters and their state, or None where it does not apply."""
+    if native.kernels is None:
+        return None
+    for p, m, v, t in zip(params, exp_avgs, exp_avg_sqs, steps):
+        if not all(x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous() and x.shape == p.shape
+                   for x in (p, m, v)) or t.dtype != torch.float32 or t.device.type != "cpu" or t.numel() != 1:
+            return None
+    return torch.tensor([[p.data_ptr(), m.data_ptr(), v.data_ptr(), t.data_ptr(), p.numel()]
+                         for p, m, v, t in zip(params, exp_avgs, exp_avg_sqs, steps)], dtype=torch.int64)  # (P, 5)
 
 
 def default_adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
