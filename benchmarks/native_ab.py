@@ -4,9 +4,13 @@ Builds the paper's KDDCUP network (120 inputs), then alternates rounds of
 training steps (batch 1024, fused Adam, random rows of a synthetic array) in
 three ways, so all see the same moments of a host whose speed drifts:
 ``torch`` (``dagmm.native.enabled`` off: the modules and losses in torch
-code), ``native`` (the modules and ``loss_aegmm`` with the kernels on) and
-``one node`` (:func:`dagmm.train_step.aegmm_loss`, what ``OutlierAEGMM.fit``
-uses).  Prints ms per step for each round, the median of the per-round ratios
+code, torch's fused Adam), ``native`` (the modules and ``loss_aegmm`` with
+the kernels on), ``one node, torch.mm layers`` (:func:`dagmm.train_step.aegmm_loss`
+with each layer a ``torch.mm`` per direction, as before the training kernels
+of ``dagmm/_native_train.c``) and ``one node`` (what ``OutlierAEGMM.fit``
+uses: the auto-encoder in two C calls, inside
+:func:`dagmm.train_step.kernel_threads`).  With the kernels on, the optimizer
+step is the C Adam step of :class:`dagmm.training.LeanAdam`.  Prints ms per step for each round, the median of the per-round ratios
 to ``torch``, and the ATen operations per step of each (counted with a
 ``TorchDispatchMode``).
 
@@ -27,9 +31,9 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dagmm import OutlierAEGMM, native
+from dagmm import OutlierAEGMM, fused_mlp, native
 from dagmm.losses import loss_aegmm
-from dagmm.train_step import aegmm_loss
+from dagmm.train_step import aegmm_loss, kernel_threads
 from dagmm.training import default_adam
 
 
@@ -60,34 +64,43 @@ def main(argv=None) -> int:
     model = od.aegmm.train()
     opt = default_adam(model.parameters(), 1e-4)
 
-    def steps(n: int, one_node: bool) -> float:
-        perm = torch.randperm(X.shape[0])
-        t0 = time.perf_counter()
-        for s in range(n):
-            xb = X.index_select(0, perm[s * 1024:(s + 1) * 1024])
-            if one_node:
-                loss, _ = aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005)
-            else:
-                x_recon, z, gamma = model(xb)
-                loss = loss_aegmm(xb, x_recon, z, gamma, w_energy=0.1, w_cov_diag=0.005)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return (time.perf_counter() - t0) / n * 1e3
+    train_net = fused_mlp.train_net
 
-    variants = {"torch": (False, False), "native": (True, False), "one node": (True, True)}
+    def steps(n: int, one_node: bool, layer_kernels: bool = True) -> float:
+        # as OutlierAEGMM.fit trains: inside kernel_threads (torch single-threaded while the layer kernels
+        # run, they split the rows over torch's thread count); without the layer kernels it changes nothing
+        fused_mlp.train_net = train_net if layer_kernels else (lambda *a: None)
+        perm = torch.randperm(X.shape[0])
+        with kernel_threads():
+            t0 = time.perf_counter()
+            for s in range(n):
+                xb = X.index_select(0, perm[s * 1024:(s + 1) * 1024])
+                if one_node:
+                    loss, _ = aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005)
+                else:
+                    x_recon, z, gamma = model(xb)
+                    loss = loss_aegmm(xb, x_recon, z, gamma, w_energy=0.1, w_cov_diag=0.005)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            seconds = time.perf_counter() - t0
+        fused_mlp.train_net = train_net
+        return seconds / n * 1e3
+
+    variants = {"torch": (False, False), "native": (True, False), "one node, torch.mm layers": (True, True, False),
+                "one node": (True, True)}
     times: dict[str, list[float]] = {name: [] for name in variants}
     ops = {}
-    for name, (kernels, one_node) in variants.items():
+    for name, (kernels, *how) in variants.items():
         native.enabled = kernels
-        steps(5, one_node)  # warm-up
+        steps(5, *how)  # warm-up
         with _Count() as count:
-            steps(2, one_node)
+            steps(2, *how)
         ops[name] = count.n / 2
     for r in range(args.rounds):
-        for name, (kernels, one_node) in variants.items():
+        for name, (kernels, *how) in variants.items():
             native.enabled = kernels
-            times[name].append(steps(args.steps, one_node))
+            times[name].append(steps(args.steps, *how))
         print(f"round {r}: " + ", ".join(f"{name} {v[-1]:.2f} ms" for name, v in times.items()), flush=True)
     native.enabled = True
     print("\n| code | ms/step (min) | ms/step (median) | ATen ops/step | to torch, median of per-round ratios |"

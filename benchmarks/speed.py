@@ -172,9 +172,16 @@ def time_fit(od, X: np.ndarray, epochs: int, batch_size: int, limit_s: Callable[
     resumed: list[float] = []
     limits: list[float] = []
 
+    threads = torch.get_num_threads()
+
     def at_epoch_end(epoch, logs):
         stamps.append(time.perf_counter())
+        # fit may have handed this thread's torch threads to its C kernels (dagmm.train_step.kernel_threads):
+        # the limit is always torch's products on the run's thread count
+        during = torch.get_num_threads()
+        torch.set_num_threads(threads)
         limits.append(limit_s())
+        torch.set_num_threads(during)
         resumed.append(time.perf_counter())
 
     t0 = time.perf_counter()

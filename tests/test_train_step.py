@@ -227,3 +227,43 @@ def test_kernel_threads_takes_torch_threads_only_inside_and_gives_them_back():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(2)
+
+
+def test_training_kernels_reuse_activation_buffers_only_once_free():
+    """Activations of a step stay intact while its graph lives (two losses alive, a second backward
+    with retain_graph), and the buffer is reused once the graph is gone."""
+    from dagmm import fused_mlp
+
+    _require_fast_mlp()
+    model = _model()
+    params = list(model.parameters())
+    xa, xb = torch.randn(100, 20), torch.randn(100, 20) * 3.0
+
+    def grads_of(x, **kw):
+        torch.manual_seed(5)
+        loss, _ = train_step.aegmm_loss(model, x, loss_aegmm, 0.1, 0.005)
+        return loss, kw
+
+    torch.manual_seed(5)
+    ref_a = torch.autograd.grad(train_step.aegmm_loss(model, xa, loss_aegmm, 0.1, 0.005)[0], params)
+    torch.manual_seed(5)
+    ref_b = torch.autograd.grad(train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005)[0], params)
+    loss_a, _ = grads_of(xa)
+    loss_b, _ = grads_of(xb)  # a forward while loss_a's activations are still needed
+    first = torch.autograd.grad(loss_a, params, retain_graph=True)
+    torch.autograd.grad(loss_b, params)
+    del loss_b
+    grads_of(xb)  # another forward between two backwards of loss_a
+    again = torch.autograd.grad(loss_a, params)
+    for g, h, r in zip(first, again, ref_a):
+        torch.testing.assert_close(g, r)
+        torch.testing.assert_close(h, r)
+    del loss_a
+    # every graph is gone now: the next forward takes a pooled buffer instead of a new one
+    pool = fused_mlp._POOL.entries[100 * sum((w + 7) // 8 * 8 for w in (60, 30, 10, 1, 10, 30, 60))]
+    before = [entry[0].data_ptr() for entry in pool]
+    loss, _ = grads_of(xb)
+    assert any(loss.grad_fn is not None and e[1]() is not None for e in pool)
+    assert [entry[0].data_ptr() for entry in pool] == before
+    for g, r in zip(torch.autograd.grad(loss, params), ref_b):
+        torch.testing.assert_close(g, r)

@@ -624,9 +624,9 @@ static PyMethodDef methods[] = {
      "train_forward(x_ptr, n, f, spec_ptr, n_layers, n_enc, mode, eps, log_eps, acts_ptr, z_ptr, norms_ptr, tile,\n"
      "              threads) -> None\n\n"
      "Private to dagmm.fused_mlp: the encoder (the first n_enc layers of spec, as mlp_forward's) and decoder on\n"
-     "contiguous float32 rows x (n, f), every layer's output into acts ((n, out rounded up to 8) per layer, one\n"
-     "after the other), the latent code and the features of recon_forward into z (n, latent + 2), the norms\n"
-     "into float64 norms (n, 5)."},
+     "contiguous float32 rows x (n, f), every layer's output into its array of acts (n_layers int64 addresses\n"
+     "of (n, out rounded up to 8) arrays), the latent code and the features of recon_forward into z\n"
+     "(n, latent + 2), the norms into float64 norms (n, 5)."},
     {"train_backward", py_train_backward, METH_VARARGS,
      "train_backward(x_ptr, n, f, spec_ptr, n_layers, n_enc, mode, eps, log_eps, acts_ptr, norms_ptr, gz_ptr,\n"
      "               sq_coef, grads_ptr, tile, threads) -> None\n\n"

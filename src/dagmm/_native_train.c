@@ -225,12 +225,11 @@ static int describe_net(const char *kernel, Net *N, Layer *L, const int64_t *spe
     return 0;
 }
 
-static void place_acts(Net *N, float *acts)
+/* acts: nl int64 addresses, each layer's (n, ow) output */
+static void place_acts(Net *N, const int64_t *acts)
 {
-    for (int l = 0; l < N->nl; l++) {
-        N->acts[l] = acts;
-        acts += N->n * N->L[l].ow;
-    }
+    for (int l = 0; l < N->nl; l++)
+        N->acts[l] = (float *)(uintptr_t)acts[l];
 }
 
 /* train_forward(x, n, f, spec, nl, ne, mode, eps, log_eps, acts, z, norms, tile, threads) */
@@ -263,7 +262,7 @@ PyObject *py_train_forward(PyObject *self, PyObject *args)
     float *mem = pack_layers(spec, nl, L, (size_t)np * 2 * (size_t)tile, &work);
     if (!mem)
         return NULL;
-    place_acts(&N, (float *)(uintptr_t)ap);
+    place_acts(&N, (const int64_t *)(uintptr_t)ap);
     for (int t = 0; t < np; t++)
         parts[t].work = work + (size_t)t * 2 * (size_t)tile;
     Py_BEGIN_ALLOW_THREADS
@@ -336,7 +335,7 @@ PyObject *py_train_backward(PyObject *self, PyObject *args)
         parts[t].work = p;
         p += scratch;
     }
-    place_acts(&N, (float *)(uintptr_t)ap);
+    place_acts(&N, (const int64_t *)(uintptr_t)ap);
     Py_BEGIN_ALLOW_THREADS
     run_parts(backward_part, parts, np);
     /* the parts' sums, added in part order, into the gradients' (out, in) and (out,) arrays */

@@ -16,6 +16,8 @@ torch code up to float32 rounding (``tests/test_fused.py``).
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Callable, Optional
 
 import torch
@@ -166,28 +168,70 @@ def train_net(enc_ops: list, enc_spec: tuple, dec_ops: list, dec_spec: tuple) ->
     return TrainNet(enc + dec, len(enc))
 
 
+class Activations:
+    """The outputs of every layer of one :func:`train_forward` call, kept for its backward.
+
+    ``table`` holds each layer's (N, ``widths[l]``) array's address; all but
+    the last layer's live in ``hidden``, a buffer from this thread's pool
+    that goes back to the pool once this object is gone (after the step's
+    autograd graph is freed), so the next steps reuse warm memory instead of
+    a fresh 1-2 MB block each (about 10% of a KDDCUP step,
+    ``benchmarks/results/NOTES-speed.md``, seventh pass).  ``recon`` is a
+    fresh (N, ``widths[-1]``) array, since ``x'`` is handed to the caller.
+    """
+
+    __slots__ = ("hidden", "recon", "table", "__weakref__")
+
+    def __init__(self, hidden: torch.Tensor, recon: torch.Tensor, table: torch.Tensor) -> None:
+        self.hidden, self.recon, self.table = hidden, recon, table
+
+
+_POOL = threading.local()
+_POOLED = 4  # buffers kept per thread and size: a step's and the one before it are alive together
+
+
+def _hidden_buffer(size: int) -> tuple[torch.Tensor, Optional[list]]:
+    """A float32 (size,) buffer no live :class:`Activations` holds, and its pool entry (None: not pooled)."""
+    pool = _POOL.__dict__.setdefault("entries", {}).setdefault(size, [])
+    for entry in pool:
+        if entry[1]() is None:  # its Activations are gone: free
+            return entry[0], entry
+    buf = torch.empty(size, dtype=torch.float32)
+    if len(pool) >= _POOLED:
+        return buf, None
+    entry = [buf, None]
+    pool.append(entry)
+    return buf, entry
+
+
 def train_forward(net: TrainNet, x: torch.Tensor, mode: int, eps: float, log_eps: float,
-                  threads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  threads: int) -> tuple[Activations, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward pass of contiguous float32 CPU rows ``x`` (N, F).
 
-    Returns ``(acts, z, norms, x_recon)``: every layer's output, one after
-    the other in one flat buffer (layer ``l`` is (N, ``widths[l]``)), the
-    latent code beside the two reconstruction features (N, L + 2), the
-    per-row norms of the features (N, 5, float64, for the backward) and
-    ``x'`` (N, F), a view into ``acts``.
+    Returns ``(acts, z, norms, x_recon)``: every layer's output
+    (:class:`Activations`, for :func:`train_backward`), the latent code
+    beside the two reconstruction features (N, L + 2), the per-row norms of
+    the features (N, 5, float64, for the backward) and ``x'`` (N, F).
     """
     n = x.shape[0]
-    acts = torch.empty(n * sum(net.widths), dtype=torch.float32)
+    hidden, entry = _hidden_buffer(n * sum(net.widths[:-1]))
+    recon = torch.empty((n, net.widths[-1]), dtype=torch.float32)
+    offsets = [0]
+    for w in net.widths[:-2]:
+        offsets.append(offsets[-1] + n * w)
+    base = hidden.data_ptr()
+    table = torch.tensor([base + 4 * o for o in offsets] + [recon.data_ptr()], dtype=torch.int64)
+    acts = Activations(hidden, recon, table)
+    if entry is not None:
+        entry[1] = weakref.ref(acts)
     z = torch.empty((n, net.latent + 2), dtype=torch.float32)
     norms = torch.empty((n, 5), dtype=torch.float64)
     native.kernels.train_forward(x.data_ptr(), n, net.features, net.spec.data_ptr(), net.n_layers, net.n_enc, mode,
-                                 eps, log_eps, acts.data_ptr(), z.data_ptr(), norms.data_ptr(), TRAIN_TILE, threads)
-    last = net.widths[-1]
-    x_recon = acts[acts.numel() - n * last:].view(n, last)[:, :net.features]  # (N, F)
-    return acts, z, norms, x_recon
+                                 eps, log_eps, table.data_ptr(), z.data_ptr(), norms.data_ptr(), TRAIN_TILE, threads)
+    return acts, z, norms, recon[:, :net.features]  # (N, F)
 
 
-def train_backward(net: TrainNet, x: torch.Tensor, acts: torch.Tensor, norms: torch.Tensor, grad_z: torch.Tensor,
+def train_backward(net: TrainNet, x: torch.Tensor, acts: Activations, norms: torch.Tensor, grad_z: torch.Tensor,
                    sq_coef: float, mode: int, eps: float, log_eps: float, threads: int) -> list[torch.Tensor]:
     """The parameter gradients (in :attr:`TrainNet.params` order) for dJ/dz ``grad_z`` (L + 2, N), contiguous
     float32, plus ``sq_coef (x' - x)`` with respect to ``x'``."""
@@ -197,6 +241,7 @@ def train_backward(net: TrainNet, x: torch.Tensor, acts: torch.Tensor, norms: to
         addresses += [next(it).data_ptr(), next(it).data_ptr() if has_bias else 0]
     table = torch.tensor(addresses, dtype=torch.int64)
     native.kernels.train_backward(x.data_ptr(), x.shape[0], net.features, net.spec.data_ptr(), net.n_layers,
-                                  net.n_enc, mode, eps, log_eps, acts.data_ptr(), norms.data_ptr(), grad_z.data_ptr(),
+                                  net.n_enc, mode, eps, log_eps, acts.table.data_ptr(), norms.data_ptr(),
+                                  grad_z.data_ptr(),
                                   sq_coef, table.data_ptr(), TRAIN_TILE, threads)
     return grads

@@ -139,14 +139,14 @@ class _AEGMMLoss(torch.autograd.Function):
         ctx.stacks, ctx.first, ctx.keep, ctx.net, ctx.threads = (enc, dec, head), first, keep, net, threads
         ctx.head_layers = (w1, w2, b1 is not None, b2 is not None)
         ctx.saved = (saved_enc, saved_dec)
-        ctx.save_for_backward(xb, acts if acts is not None else x_recon, norms, z, y, t, grad_z, grad_gamma,
-                              *([u] if u is not None else []))
+        ctx.acts = acts  # the layers' outputs (fused_mlp.Activations), with ctx.net
+        ctx.save_for_backward(xb, x_recon, norms, z, y, t, grad_z, grad_gamma, *([u] if u is not None else []))
         return torch.tensor(sq_err / xb.shape[0] + value, dtype=xb.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        xb, x_recon, norms, z, y, t, grad_z, grad_gamma, *rest = ctx.saved_tensors  # x_recon: acts with ctx.net
+        xb, x_recon, norms, z, y, t, grad_z, grad_gamma, *rest = ctx.saved_tensors
         enc, dec, _ = ctx.stacks
         saved_enc, saved_dec = ctx.saved
         g = float(grad)
@@ -156,9 +156,9 @@ class _AEGMMLoss(torch.autograd.Function):
         w1, w2, has_b1, has_b2 = ctx.head_layers
         gz_head, head_grads = fused_head.backward(z, w1, w2, has_b1, has_b2, rest[0] if rest else None, ctx.keep,
                                                   t, y, grad_gamma.t(), True)
-        g_z = grad_z.add_(gz_head)  # (D, N)
+        g_z = grad_z + gz_head  # (D, N); not in place: a second backward (retain_graph) reads grad_z again
         if ctx.net is not None:
-            grads = fused_mlp.train_backward(ctx.net, xb, x_recon, norms, g_z, 2.0 * g / xb.shape[0],
+            grads = fused_mlp.train_backward(ctx.net, xb, ctx.acts, norms, g_z, 2.0 * g / xb.shape[0],
                                              _MODES[ctx.first], RECON_EPS, LOG_MSE_EPS, ctx.threads)
             return (None, None, *grads, *head_grads)
         latent_dim = z.shape[1] - 2
