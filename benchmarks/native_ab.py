@@ -1,8 +1,8 @@
 """The training step with the C kernels of ``dagmm.native`` against the torch code, in one process.
 
 Builds the paper's KDDCUP network (120 inputs), then alternates rounds of
-training steps (batch 1024, fused Adam, random rows of a synthetic array) in
-three ways, so all see the same moments of a host whose speed drifts:
+training steps (batch 1024, the default Adam, random rows of a synthetic array) in
+four ways, so all see the same moments of a host whose speed drifts:
 ``torch`` (``dagmm.native.enabled`` off: the modules and losses in torch
 code, torch's fused Adam), ``native`` (the modules and ``loss_aegmm`` with
 the kernels on), ``one node, torch.mm layers`` (:func:`dagmm.train_step.aegmm_loss`
@@ -10,8 +10,8 @@ with each layer a ``torch.mm`` per direction, as before the training kernels
 of ``dagmm/_native_train.c``) and ``one node`` (what ``OutlierAEGMM.fit``
 uses: the auto-encoder in two C calls, inside
 :func:`dagmm.train_step.kernel_threads`).  With the kernels on, the optimizer
-step is the C Adam step of :class:`dagmm.training.LeanAdam`.  Prints ms per step for each round, the median of the per-round ratios
-to ``torch``, and the ATen operations per step of each (counted with a
+step is the C Adam step of :class:`dagmm.training.LeanAdam`.  Prints ms per
+step for each round, the median of the per-round ratios to ``torch``, and the ATen operations per step of each (counted with a
 ``TorchDispatchMode``).
 
 With ``--score`` it compares ``OutlierAEGMM.score`` instead (``--score-rows``

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import require_native
 from torch import nn
 
 from dagmm import OutlierAEGMM, fused, native, train_step
 from dagmm.features import default_recon_features, log_mse_cosine
 from dagmm.losses import loss_aegmm, loss_mse
 from dagmm.nets import AEGMMNet, paper_kddcup_nets
-
-from conftest import require_native
 
 
 @pytest.fixture(autouse=True)

@@ -183,12 +183,11 @@ def test_lean_adam_c_step_matches_torch_adam(weight_decay, monkeypatch):
     storage was replaced and a step hook; and it is the step in use."""
     import copy
 
+    from conftest import require_native
     from torch import nn
 
     from dagmm import native
     from dagmm.training import LeanAdam
-
-    from conftest import require_native
 
     require_native()
     monkeypatch.setattr(native, "enabled", True)

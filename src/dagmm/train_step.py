@@ -36,8 +36,15 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import fused, fused_head, fused_mlp
-from .features import (LOG_MSE_EPS, RECON_EPS, _MODES, _native_backward, _native_forward, default_recon_features,
-                       log_mse_cosine)
+from .features import (
+    _MODES,
+    LOG_MSE_EPS,
+    RECON_EPS,
+    _native_backward,
+    _native_forward,
+    default_recon_features,
+    log_mse_cosine,
+)
 from .losses import loss_aegmm
 from .nets import AEGMMNet
 from .objective import native_objective
