@@ -11,8 +11,8 @@ of ``dagmm/_native_train.c``) and ``one node`` (what ``OutlierAEGMM.fit``
 uses: the auto-encoder in two C calls, inside
 :func:`dagmm.train_step.kernel_threads`).  With the kernels on, the optimizer
 step is the C Adam step of :class:`dagmm.training.LeanAdam`.  Prints ms per
-step for each round, the median of the per-round ratios to ``torch``, and the ATen operations per step of each (counted with a
-``TorchDispatchMode``).
+step for each round, the median of the per-round ratios to ``torch``, and
+the ATen operations per step of each (counted with a ``TorchDispatchMode``).
 
 With ``--score`` it compares ``OutlierAEGMM.score`` instead (``--score-rows``
 synthetic rows, the default batch size and threads), kernels off against on
