@@ -202,9 +202,14 @@ static int split(Part *parts, const Net *N, int threads)
     return np;
 }
 
-/* The shared argument checks; fills N's layers from the spec.  -1 with an exception set on failure. */
-static int describe_net(const char *kernel, Net *N, Layer *L, const int64_t *spec, int nl, int ne, Py_ssize_t tile)
+/* What both calls share: checks the arguments, fills N's layers from the spec and its batch, features
+   and activation arrays (acts: nl int64 addresses).  -1 with an exception set on failure. */
+static int describe_net(const char *kernel, Net *N, Layer *L, const int64_t *spec, int nl, int ne, Py_ssize_t tile,
+                        unsigned long long x, Py_ssize_t n, Py_ssize_t f, int mode, double eps, double log_eps,
+                        unsigned long long norms, unsigned long long acts)
 {
+    N->n = n;
+    N->f = f;
     if (check_layers(kernel, nl, tile) < 0)
         return -1;
     int chained = 1;
@@ -222,14 +227,14 @@ static int describe_net(const char *kernel, Net *N, Layer *L, const int64_t *spe
     N->ne = ne;
     N->tile = tile;
     N->wide = describe_layers(spec, nl, L);
+    N->x = (const float *)(uintptr_t)x;
+    N->mode = mode;
+    N->eps = eps;
+    N->log_eps = log_eps;
+    N->norms = (double *)(uintptr_t)norms;
+    for (int l = 0; l < nl; l++)
+        N->acts[l] = (float *)(uintptr_t)((const int64_t *)(uintptr_t)acts)[l];
     return 0;
-}
-
-/* acts: nl int64 addresses, each layer's (n, ow) output */
-static void place_acts(Net *N, const int64_t *acts)
-{
-    for (int l = 0; l < N->nl; l++)
-        N->acts[l] = (float *)(uintptr_t)acts[l];
 }
 
 /* train_forward(x, n, f, spec, nl, ne, mode, eps, log_eps, acts, z, norms, tile, threads) */
@@ -247,22 +252,14 @@ PyObject *py_train_forward(PyObject *self, PyObject *args)
                           &tile, &threads))
         return NULL;
     const int64_t *spec = (const int64_t *)(uintptr_t)sp;
-    N.f = f;
-    N.n = n;
-    if (describe_net("train_forward", &N, L, spec, nl, ne, tile) < 0)
+    if (describe_net("train_forward", &N, L, spec, nl, ne, tile, xp, n, f, mode, eps, log_eps, np_, ap) < 0)
         return NULL;
-    N.x = (const float *)(uintptr_t)xp;
-    N.mode = mode;
-    N.eps = eps;
-    N.log_eps = log_eps;
     N.z = (float *)(uintptr_t)zp;
-    N.norms = (double *)(uintptr_t)np_;
     const int np = split(parts, &N, threads);
     float *work;
     float *mem = pack_layers(spec, nl, L, (size_t)np * 2 * (size_t)tile, &work);
     if (!mem)
         return NULL;
-    place_acts(&N, (const int64_t *)(uintptr_t)ap);
     for (int t = 0; t < np; t++)
         parts[t].work = work + (size_t)t * 2 * (size_t)tile;
     Py_BEGIN_ALLOW_THREADS
@@ -288,15 +285,8 @@ PyObject *py_train_backward(PyObject *self, PyObject *args)
                           &gzp, &sq_coef, &gp, &tile, &threads))
         return NULL;
     const int64_t *spec = (const int64_t *)(uintptr_t)sp, *grads = (const int64_t *)(uintptr_t)gp;
-    N.f = f;
-    N.n = n;
-    if (describe_net("train_backward", &N, L, spec, nl, ne, tile) < 0)
+    if (describe_net("train_backward", &N, L, spec, nl, ne, tile, xp, n, f, mode, eps, log_eps, np_, ap) < 0)
         return NULL;
-    N.x = (const float *)(uintptr_t)xp;
-    N.mode = mode;
-    N.eps = eps;
-    N.log_eps = log_eps;
-    N.norms = (double *)(uintptr_t)np_;
     N.gz = (const float *)(uintptr_t)gzp;
     N.sq_coef = sq_coef;
     const int np = split(parts, &N, threads);
@@ -335,7 +325,6 @@ PyObject *py_train_backward(PyObject *self, PyObject *args)
         parts[t].work = p;
         p += scratch;
     }
-    place_acts(&N, (const int64_t *)(uintptr_t)ap);
     Py_BEGIN_ALLOW_THREADS
     run_parts(backward_part, parts, np);
     /* the parts' sums, added in part order, into the gradients' (out, in) and (out,) arrays */
