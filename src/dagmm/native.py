@@ -7,8 +7,11 @@ mixture objective (:mod:`dagmm.objective`) and the reconstruction features
 (:mod:`dagmm.fused`) in ``_native_act.c``; the estimation network as a whole
 (:mod:`dagmm.fused_head`) in ``_native_head.c``; inference through whole fully
 connected stacks, and OutlierAEGMM's sample energy straight from the input rows
-(:mod:`dagmm.fused_mlp`) in ``_native_mlp.c``.  :mod:`dagmm.train_step`
-strings them together into the default training loss.  They compute the same
+(:mod:`dagmm.fused_mlp`) in ``_native_mlp.c``; the auto-encoder's training step
+in ``_native_train.c`` (the register-blocked product both share is in
+``_native_block.h``); Adam's update for :class:`dagmm.training.LeanAdam` in
+``_native_act.c``.  :mod:`dagmm.train_step` strings them together into the
+default training loss.  They compute the same
 formulas as the torch code without the per-operation dispatch that dominates
 these small computations (``benchmarks/results/NOTES-speed.md``, fourth and
 fifth passes).  Where they were not built, the torch code runs instead, with
