@@ -127,8 +127,8 @@ def _spec(layers: list) -> tuple:
 
 
 # Training (dagmm.train_step): the auto-encoder forward and backward in one call each.
-# Rows per tile in training: the weight-gradient sums are loaded and stored once per tile, so tiles
-# larger than inference's pay off (benchmarks/results/NOTES-speed.md, seventh pass).
+# Rows per tile in training, as in inference: tiles of 24 to 128 rows made no measurable difference
+# at batch 1024 (benchmarks/results/NOTES-speed.md, seventh pass).
 TRAIN_TILE = 48
 
 
@@ -137,8 +137,8 @@ class TrainNet:
 
     Built by :func:`train_net`; holds the kernels' layer description (made
     from the parameters' current addresses, so build one per step), the
-    parameters in :attr:`dagmm.fused.Plan.params` order, and where each
-    layer's output lives in the activation buffer.
+    parameters in :attr:`dagmm.fused.Plan.params` order, and each layer's
+    output width padded to a multiple of 8 (the width of its activation array).
     """
 
     __slots__ = ("spec", "n_layers", "n_enc", "params", "widths", "has_bias", "features", "latent")
@@ -235,6 +235,7 @@ def train_backward(net: TrainNet, x: torch.Tensor, acts: Activations, norms: tor
                    sq_coef: float, mode: int, eps: float, log_eps: float, threads: int) -> list[torch.Tensor]:
     """The parameter gradients (in :attr:`TrainNet.params` order) for dJ/dz ``grad_z`` (L + 2, N), contiguous
     float32, plus ``sq_coef (x' - x)`` with respect to ``x'``."""
+    grad_z = grad_z.contiguous()
     grads = [torch.empty_like(p) for p in net.params]
     addresses, it = [], iter(grads)
     for has_bias in net.has_bias:
