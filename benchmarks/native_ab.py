@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     if args.score:
         return score_ab(rng, args)
-    X = torch.from_numpy(rng.standard_normal((args.steps * 1024, 120), dtype=np.float32))
+    X = torch.from_numpy(rng.standard_normal((max(args.steps, 5) * 1024, 120), dtype=np.float32))
     od = OutlierAEGMM(architecture="paper").fit(X[:2048].numpy(), epochs=1, batch_size=1024, verbose=False, seed=0)
     model = od.aegmm.train()
     opt = default_adam(model.parameters(), 1e-4)
@@ -103,12 +103,18 @@ def main(argv=None) -> int:
             times[name].append(steps(args.steps, *how))
         print(f"round {r}: " + ", ".join(f"{name} {v[-1]:.2f} ms" for name, v in times.items()), flush=True)
     native.enabled = True
-    print("\n| code | ms/step (min) | ms/step (median) | ATen ops/step | to torch, median of per-round ratios |"
-          "\n|---|---:|---:|---:|---:|")
-    for name, v in times.items():
-        print(f"| {name} | {min(v):.2f} | {statistics.median(v):.2f} | {ops[name]:.0f} | "
-              f"{_against(v, times['torch'], higher_is_faster=False)} |")
+    _table(["ms/step (min)", "ms/step (median)", "ATen ops/step"],
+           {name: [f"{min(v):.2f}", f"{statistics.median(v):.2f}", f"{ops[name]:.0f}",
+                   _against(v, times["torch"], higher_is_faster=False)] for name, v in times.items()})
     return 0
+
+
+def _table(columns: list[str], rows: dict[str, list[str]]) -> None:
+    """Print a Markdown table: the code's name, ``columns``, then the ratio column of :func:`_against`."""
+    columns = ["code", *columns, "to torch, median of per-round ratios"]
+    print("\n| " + " | ".join(columns) + " |\n|---|" + "---:|" * (len(columns) - 1))
+    for name, cells in rows.items():
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def _against(values: list[float], ref: list[float], higher_is_faster: bool) -> str:
@@ -134,11 +140,9 @@ def score_ab(rng: np.random.Generator, args) -> int:
             line = ", ".join(f"{k} {v[-1] / 1e6:.2f} M rows/s" for k, v in rates.items())
             print(f"round {r - 1}: {line}", flush=True)
     native.enabled = True
-    print("\n| code | M rows/s (max) | M rows/s (median) | to torch, median of per-round ratios |"
-          "\n|---|---:|---:|---:|")
-    for name, v in rates.items():
-        print(f"| {name} | {max(v) / 1e6:.2f} | {statistics.median(v) / 1e6:.2f} | "
-              f"{_against(v, rates['torch'], higher_is_faster=True)} |")
+    _table(["M rows/s (max)", "M rows/s (median)"],
+           {name: [f"{max(v) / 1e6:.2f}", f"{statistics.median(v) / 1e6:.2f}",
+                   _against(v, rates["torch"], higher_is_faster=True)] for name, v in rates.items()})
     return 0
 
 

@@ -166,27 +166,27 @@ def test_training_kernels_only_where_they_apply(case, monkeypatch):
 
     _require_fast_mlp()
     model = _model()
+    enc, dec = fused.plan(model.encoder), fused.plan(model.decoder)
+    assert fused_mlp.train_net(enc.ops, enc.spec(), dec.ops, dec.spec()).params == [*enc.params, *dec.params]
     if case == "sigmoid encoder":
         model.encoder[1] = nn.Sigmoid()
     elif case == "dropping encoder":
         model.encoder.insert(2, nn.Dropout(0.2))
     elif case == "activation last":
         model.decoder.append(nn.Tanh())
-    assert fused_mlp.train_net(*(x for p in (fused.plan(model.encoder), fused.plan(model.decoder))
-                                 for x in (p.ops, p.spec()))) is None or case == "decoder width"
-    if case == "decoder width":  # a decoder that does not map back to the input width
-        enc, dec = fused.plan(model.encoder), fused.plan(nn.Sequential(nn.Linear(1, 5)))
-        assert fused_mlp.train_net(enc.ops, enc.spec(), dec.ops, dec.spec()) is None
+    else:  # a decoder that does not map back to the input width
+        model.decoder = nn.Sequential(nn.Linear(1, 5))
+    enc, dec = fused.plan(model.encoder), fused.plan(model.decoder)
+    assert fused_mlp.train_net(enc.ops, enc.spec(), dec.ops, dec.spec()) is None
+    monkeypatch.setattr(fused_mlp, "train_forward", lambda *a: pytest.fail("the C path was taken"))
+    xb = torch.randn(64, 20)
+    if case in ("activation last", "decoder width"):  # x' must be a bare Linear of the input's width
+        assert train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005) is None
+    elif case == "dropping encoder":  # its masks are drawn by dagmm.fused, not nn.Dropout: no twin to compare
+        assert train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005) is not None
     else:  # the loss still runs, on the per-layer path, and matches the modules
-        monkeypatch.setattr(fused_mlp, "train_forward", lambda *a: pytest.fail("the C path was taken"))
-        xb = torch.randn(64, 20)
-        if case == "activation last":  # x' must come straight from a Linear: the whole node steps aside
-            assert train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005) is None
-        elif case == "dropping encoder":  # its masks are drawn by dagmm.fused, not nn.Dropout: no twin
-            assert train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005) is not None
-        else:
-            (ref, _), (loss, _) = _both(model, xb, w_energy=0.1, w_cov_diag=0.005)
-            torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+        (ref, _), (loss, _) = _both(model, xb, w_energy=0.1, w_cov_diag=0.005)
+        torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_training_kernels_check_the_layers():
@@ -238,31 +238,35 @@ def test_training_kernels_reuse_activation_buffers_only_once_free():
     params = list(model.parameters())
     xa, xb = torch.randn(100, 20), torch.randn(100, 20) * 3.0
 
-    def grads_of(x, **kw):
+    def loss_of(x):
         torch.manual_seed(5)
-        loss, _ = train_step.aegmm_loss(model, x, loss_aegmm, 0.1, 0.005)
-        return loss, kw
+        return train_step.aegmm_loss(model, x, loss_aegmm, 0.1, 0.005)[0]
 
     torch.manual_seed(5)
     ref_a = torch.autograd.grad(train_step.aegmm_loss(model, xa, loss_aegmm, 0.1, 0.005)[0], params)
     torch.manual_seed(5)
     ref_b = torch.autograd.grad(train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005)[0], params)
-    loss_a, _ = grads_of(xa)
-    loss_b, _ = grads_of(xb)  # a forward while loss_a's activations are still needed
+    loss_a = loss_of(xa)
+    loss_b = loss_of(xb)  # a forward while loss_a's activations are still needed
     first = torch.autograd.grad(loss_a, params, retain_graph=True)
     torch.autograd.grad(loss_b, params)
     del loss_b
-    grads_of(xb)  # another forward between two backwards of loss_a
+    loss_of(xb)  # another forward between two backwards of loss_a
     again = torch.autograd.grad(loss_a, params)
     for g, h, r in zip(first, again, ref_a):
         torch.testing.assert_close(g, r)
         torch.testing.assert_close(h, r)
     del loss_a
     # every graph is gone now: the next forward takes a pooled buffer instead of a new one
-    pool = fused_mlp._POOL.entries[100 * sum((w + 7) // 8 * 8 for w in (60, 30, 10, 1, 10, 30, 60))]
+    pool = fused_mlp._POOL.entries
     before = [entry[0].data_ptr() for entry in pool]
-    loss, _ = grads_of(xb)
-    assert any(loss.grad_fn is not None and e[1]() is not None for e in pool)
-    assert [entry[0].data_ptr() for entry in pool] == before
+    assert before and all(entry[1]() is None for entry in pool)
+    loss = loss_of(xb)
+    assert [entry[0].data_ptr() for entry in pool] == before  # no new buffer
+    assert sum(entry[1]() is not None for entry in pool) == 1  # one of them is this step's
+    # a batch of another size drops the free buffers of the old size
+    loss_of(xb[:50])
+    assert all(entry[0].numel() == 50 * sum((w + 7) // 8 * 8 for w in (60, 30, 10, 1, 10, 30, 60))
+               or entry[1]() is not None for entry in pool)
     for g, r in zip(torch.autograd.grad(loss, params), ref_b):
         torch.testing.assert_close(g, r)

@@ -136,32 +136,30 @@ def test_optimizer_forms():
         resolve_optimizer(lambda p: 3, params, 1e-4)
 
 
-def test_lean_adam_matches_torch_fused_adam_bit_for_bit(monkeypatch):
-    """The cached fast path runs the same kernel: identical weights through lr changes, a state
-    reload, a parameter without a gradient and a step hook (which send steps back to torch)."""
+def _adam_twins(ref_cls, steps, on_step=None, **kwargs):
+    """Train a small net with ``ref_cls`` and its copy with LeanAdam on the same batches, through the
+    events that send LeanAdam's steps back to torch or change what the cache holds: an lr change (step
+    8), a layer without a gradient (12-14), a state reload and a step hook (20-24).  ``on_step(i, net,
+    twin, lean)`` runs after each step.  Returns ``(net, twin, ref, lean)``."""
     import copy
 
     from torch import nn
 
-    from dagmm import native
     from dagmm.training import LeanAdam
 
-    monkeypatch.setattr(native, "enabled", False)  # the C step agrees to rounding only: the next test
-
+    torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2), nn.Linear(2, 2))
     twin = copy.deepcopy(net)
-    ref = torch.optim.Adam(net.parameters(), lr=1e-2, fused=True)
-    lean = LeanAdam(twin.parameters(), lr=1e-2, fused=True)
+    ref = ref_cls(net.parameters(), lr=1e-2, **kwargs)
+    lean = LeanAdam(twin.parameters(), lr=1e-2, fused=True, **kwargs)
     handle = None
-    for i in range(30):
+    for i in range(steps):
         x = torch.randn(16, 5)
         for model, opt in ((net, ref), (twin, lean)):
             opt.zero_grad(set_to_none=True)
             out = model[:3](x) if 12 <= i < 15 else model(x)  # the last layer gets no gradient
             out.pow(2).sum().backward()
             opt.step()
-        if i == 5:
-            assert lean._lean is not None  # the fast path is in use
         if i == 8:
             for opt in (ref, lean):
                 opt.param_groups[0]["lr"] = 3e-3
@@ -171,6 +169,23 @@ def test_lean_adam_matches_torch_fused_adam_bit_for_bit(monkeypatch):
             handle = lean.register_step_post_hook(lambda *a: None)
         if i == 24:
             handle.remove()
+        if on_step is not None:
+            on_step(i, net, twin, lean)
+    return net, twin, ref, lean
+
+
+def test_lean_adam_matches_torch_fused_adam_bit_for_bit(monkeypatch):
+    """The cached fast path runs the same kernel: identical weights through lr changes, a state
+    reload, a parameter without a gradient and a step hook (which send steps back to torch)."""
+    from dagmm import native
+
+    monkeypatch.setattr(native, "enabled", False)  # the C step agrees to rounding only: the next test
+
+    def check(i, net, twin, lean):
+        if i == 5:
+            assert lean._lean is not None  # the fast path is in use
+
+    net, twin, _, lean = _adam_twins(lambda params, **kw: torch.optim.Adam(params, fused=True, **kw), 30, check)
     for p, q in zip(net.parameters(), twin.parameters()):
         assert torch.equal(p, q)
     assert lean._lean is not None
@@ -179,54 +194,42 @@ def test_lean_adam_matches_torch_fused_adam_bit_for_bit(monkeypatch):
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_lean_adam_c_step_matches_torch_adam(weight_decay, monkeypatch):
     """The one-call C step: the same weights, moments and step counters as torch's Adam to float32
-    rounding, through lr changes, a state reload, a parameter without a gradient, a parameter whose
-    storage was replaced and a step hook; and it is the step in use."""
-    import copy
-
+    rounding, through lr changes, a state reload, a parameter without a gradient, a step hook and a
+    parameter whose storage was replaced; and it is the step in use."""
     from conftest import require_native
-    from torch import nn
 
     from dagmm import native
-    from dagmm.training import LeanAdam
 
     require_native()
     monkeypatch.setattr(native, "enabled", True)
-    calls = []
+    calls: list = []
     real = native.kernels.adam_step
 
     class Spy:
         def __getattr__(self, name):
-            return getattr(native.kernels, name) if name != "adam_step" else (
+            return getattr(real.__self__, name) if name != "adam_step" else (
                 lambda *a: calls.append(1) or real(*a))
 
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2), nn.Linear(2, 2))
-    twin = copy.deepcopy(net)
-    ref = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=weight_decay, foreach=False)
-    lean = LeanAdam(twin.parameters(), lr=1e-2, weight_decay=weight_decay, fused=True)
     monkeypatch.setattr(native, "kernels", Spy())
-    for i in range(40):
-        x = torch.randn(16, 5)
-        for model, opt in ((net, ref), (twin, lean)):
-            opt.zero_grad(set_to_none=True)
-            out = model[:3](x) if 12 <= i < 15 else model(x)  # the last layer gets no gradient
-            out.pow(2).sum().backward()
-            opt.step()
+    counted: dict = {}
+
+    def check(i, net, twin, lean):
         if i == 5:
             assert lean._lean is not None and lean._lean[4] is not None and len(calls) == 5  # steps 2 to 6
-        if i == 8:
-            for opt in (ref, lean):
-                opt.param_groups[0]["lr"] = 3e-3
-        if i == 20:
-            for opt in (ref, lean):
-                opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        if 20 <= i < 25:
+            counted.setdefault("hooked", len(calls))
+            assert len(calls) == counted["hooked"]  # a step hook sends every step to the parent
         if i == 25:  # a weight given new storage: the cached addresses are stale, torch's kernel takes over
-            before = len(calls)
+            counted["before"] = len(calls)
             for model in (net, twin):
                 model[0].weight.data = model[0].weight.data.clone()
         if i == 26:
-            assert len(calls) == before
+            assert len(calls) == counted["before"]
+        if i == 27:
+            assert len(calls) == counted["before"] + 1  # and the next step has a new cache
         torch.testing.assert_close(list(twin.parameters()), list(net.parameters()), rtol=2e-5, atol=1e-6)
+
+    net, twin, ref, lean = _adam_twins(torch.optim.Adam, 40, check, weight_decay=weight_decay, foreach=False)
     for p, q in zip(net.parameters(), twin.parameters()):
         sa, sb = ref.state[p], lean.state[q]
         assert float(sa["step"]) == float(sb["step"])

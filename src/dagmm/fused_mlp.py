@@ -187,15 +187,21 @@ class Activations:
 
 
 _POOL = threading.local()
-_POOLED = 4  # buffers kept per thread and size: a step's and the one before it are alive together
+_POOLED = 4  # buffers kept per thread: a step's and the one before it are alive together
 
 
 def _hidden_buffer(size: int) -> tuple[torch.Tensor, Optional[list]]:
-    """A float32 (size,) buffer no live :class:`Activations` holds, and its pool entry (None: not pooled)."""
-    pool = _POOL.__dict__.setdefault("entries", {}).setdefault(size, [])
+    """A float32 (size,) buffer no live :class:`Activations` holds, and its pool entry (None: not pooled).
+
+    When none of this size is free, the free buffers of other sizes (the shorter last batch of an
+    epoch, another model) are dropped, so the pool never keeps buffers of sizes no longer asked for.
+    """
+    pool = _POOL.__dict__.setdefault("entries", [])
     for entry in pool:
-        if entry[1]() is None:  # its Activations are gone: free
+        if entry[1]() is None and entry[0].numel() == size:  # its Activations are gone: free
             return entry[0], entry
+    # none free of this size: forget the free ones of other sizes (by identity: entries hold tensors)
+    pool[:] = [entry for entry in pool if entry[1]() is not None]
     buf = torch.empty(size, dtype=torch.float32)
     if len(pool) >= _POOLED:
         return buf, None
@@ -233,8 +239,8 @@ def train_forward(net: TrainNet, x: torch.Tensor, mode: int, eps: float, log_eps
 
 def train_backward(net: TrainNet, x: torch.Tensor, acts: Activations, norms: torch.Tensor, grad_z: torch.Tensor,
                    sq_coef: float, mode: int, eps: float, log_eps: float, threads: int) -> list[torch.Tensor]:
-    """The parameter gradients (in :attr:`TrainNet.params` order) for dJ/dz ``grad_z`` (L + 2, N), contiguous
-    float32, plus ``sq_coef (x' - x)`` with respect to ``x'``."""
+    """The parameter gradients (in :attr:`TrainNet.params` order) for the float32 dJ/dz ``grad_z`` (L + 2, N),
+    plus ``sq_coef (x' - x)`` with respect to ``x'``."""
     grad_z = grad_z.contiguous()
     grads = [torch.empty_like(p) for p in net.params]
     addresses, it = [], iter(grads)

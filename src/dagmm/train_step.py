@@ -72,9 +72,8 @@ def aegmm_loss(model: torch.nn.Module, xb: torch.Tensor, loss_fn: Callable, w_en
     if enc.ops[-1][0] != fused._LINEAR or dec.ops[-1][0] != fused._LINEAR or dec.ops[-1][2].shape[0] != xb.shape[1]:
         return None  # the latent code and the reconstruction come straight from a Linear
     specs = tuple(p.spec() for p in stacks)
+    # the chain skips only layers without parameters, so net.params is [*enc.params, *dec.params]
     net = fused_mlp.train_net(enc.ops, specs[0], dec.ops, specs[1])
-    if net is not None and net.params != [*enc.params, *dec.params]:
-        net = None  # not expected: the chain skips only layers without parameters
     params = [*enc.params, *dec.params, *head.params]
     out: list = []
     loss = _AEGMMLoss.apply(xb, (stacks, specs, first, net, float(w_energy), float(w_cov_diag), float(cov_eps), out),

@@ -62,7 +62,7 @@ class LeanAdam(torch.optim.Adam):
         grads = [p.grad for p in params]
         if any(g is None for g in grads):
             self._lean = None
-            return super().step()
+            return self.step()  # the parent steps and makes a new cache
         group = self.param_groups[0]
         beta1, beta2 = group["betas"]
         if table is not None:
@@ -71,7 +71,7 @@ class LeanAdam(torch.optim.Adam):
             # dtype, device and shape against p's, so only the gradients' layout is left to check.
             if [p.data_ptr() for p in params] != where:
                 self._lean = None
-                return super().step()
+                return self.step()  # the parent steps and makes a new cache
             if native.enabled and not group["maximize"] and all(
                     type(group[k]) in (float, int) for k in ("lr", "eps", "weight_decay")) and all(
                     g.is_contiguous() for g in grads):
