@@ -3,7 +3,7 @@
 Every detector gets the raw table (no scaling, no tuning) as a user typing
 ``Detector().fit(X)`` would give it.  Columns:
 
-* ``AEGMM auto``   - ``OutlierAEGMM()`` with no arguments (the data-driven defaults of ``dagmm.auto``);
+* ``AEGMM auto``   - ``OutlierAEGMM()`` with no arguments (the data-driven defaults of ``dagmm.training.auto``);
 * ``AE auto``      - ``OutlierAE()`` with no arguments;
 * ``AEGMM paper``  - the paper's KDDCUP configuration used as a default, i.e. the behaviour of
   ``OutlierAEGMM()`` before the automatic defaults: ``OutlierAEGMM(architecture='paper')``

@@ -1,8 +1,8 @@
-"""The C inference kernel for fully connected stacks (``dagmm/_native_mlp.c``) against torch, one batch.
+"""The C inference kernel for fully connected stacks (``dagmm/accel/_native_mlp.c``) against torch, one batch.
 
 For the paper's KDDCUP encoder (120-60-30-10-1) and decoder (1-10-30-60-120),
 one thread, ``--rows`` rows: milliseconds per batch of the fused torch code
-(``dagmm.native.enabled`` off), of the C kernel, and of the C kernel with no
+(``dagmm.accel.native.enabled`` off), of the C kernel, and of the C kernel with no
 activation (the products alone); GFLOP/s of the products (2 x multiply-adds
 per row).  Then both stacks on two Python threads at once against one, the
 scaling a scoring run can get from two cores.  Best of ``--rounds`` rounds,
@@ -20,8 +20,8 @@ import time
 import torch
 from torch import nn
 
-from dagmm import fused, native
-from dagmm.nets import mlp
+from dagmm.accel import fused, native
+from dagmm.models.nets import mlp
 
 STACKS = {"encoder": [120, 60, 30, 10, 1], "decoder": [1, 10, 30, 60, 120]}
 
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
     if not native.available():
-        raise SystemExit("dagmm._native was not built (no C compiler at install): nothing to compare")
+        raise SystemExit("dagmm.accel._native was not built (no C compiler at install): nothing to compare")
     torch.manual_seed(0)
     torch.set_num_threads(1)
     n = args.rows

@@ -1,22 +1,22 @@
-"""The training step with the C kernels of ``dagmm.native`` against the torch code, in one process.
+"""The training step with the C kernels of ``dagmm.accel.native`` against the torch code, in one process.
 
 Builds the paper's KDDCUP network (120 inputs), then alternates rounds of
 training steps (batch 1024, the default Adam, random rows of a synthetic array) in
 four ways, so all see the same moments of a host whose speed drifts:
-``torch`` (``dagmm.native.enabled`` off: the modules and losses in torch
+``torch`` (``dagmm.accel.native.enabled`` off: the modules and losses in torch
 code, torch's fused Adam), ``native`` (the modules and ``loss_aegmm`` with
-the kernels on), ``one node, torch.mm layers`` (:func:`dagmm.train_step.aegmm_loss`
+the kernels on), ``one node, torch.mm layers`` (:func:`dagmm.accel.train_step.aegmm_loss`
 with each layer a ``torch.mm`` per direction, as before the training kernels
-of ``dagmm/_native_train.c``) and ``one node`` (what ``OutlierAEGMM.fit``
+of ``dagmm/accel/_native_train.c``) and ``one node`` (what ``OutlierAEGMM.fit``
 uses: the auto-encoder in two C calls, inside
-:func:`dagmm.train_step.kernel_threads`).  With the kernels on, the optimizer
-step is the C Adam step of :class:`dagmm.training.LeanAdam`.  Prints ms per
+:func:`dagmm.accel.train_step.kernel_threads`).  With the kernels on, the optimizer
+step is the C Adam step of :class:`dagmm.training.loop.LeanAdam`.  Prints ms per
 step for each round, the median of the per-round ratios to ``torch``, and
 the ATen operations per step of each (counted with a ``TorchDispatchMode``).
 
 With ``--score`` it compares ``OutlierAEGMM.score`` instead (``--score-rows``
 synthetic rows, the default batch size and threads), kernels off against on
-(with them on, each batch is one call of ``dagmm/_native_mlp.c``).
+(with them on, each batch is one call of ``dagmm/accel/_native_mlp.c``).
 
     PYTHONPATH=src python3 benchmarks/native_ab.py [--rounds 10] [--steps 40] [--score]
 """
@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dagmm import OutlierAEGMM, fused_mlp, native
-from dagmm.losses import loss_aegmm
-from dagmm.train_step import aegmm_loss, kernel_threads
-from dagmm.training import default_adam
+from dagmm import OutlierAEGMM
+from dagmm.accel import fused_mlp, native
+from dagmm.models.losses import loss_aegmm
+from dagmm.accel.train_step import aegmm_loss, kernel_threads
+from dagmm.training.loop import default_adam
 
 
 class _Count(TorchDispatchMode):
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--score-rows", type=int, default=1_000_000, help="rows scored per round and setting")
     args = ap.parse_args(argv)
     if not native.available():
-        raise SystemExit("dagmm._native was not built (no C compiler at install): nothing to compare")
+        raise SystemExit("dagmm.accel._native was not built (no C compiler at install): nothing to compare")
     rng = np.random.default_rng(0)
     if args.score:
         return score_ab(rng, args)

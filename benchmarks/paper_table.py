@@ -93,7 +93,7 @@ def load(name: str, data_home: str, seed: int, quick: bool) -> tuple[np.ndarray,
 def _nets(cfg: dict, n_features: int, seed: int):
     import torch
 
-    from dagmm.estimator import build_dagmm_nets
+    from dagmm.detectors.estimator import build_dagmm_nets
 
     torch.manual_seed(seed)
     return build_dagmm_nets(n_features, cfg["comp"], COMMON["activation"], cfg["est"], COMMON["activation"],
@@ -118,7 +118,7 @@ def _recon_errors(det, X: np.ndarray) -> dict:
 def _loss(recon: str, n_features: int):
     """The paper's loss (recon='sum': squared norm per sample) or, recon='mean', the same loss with the
     reconstruction term averaged over features, written as loss_aegmm / F with the weights scaled by F."""
-    from dagmm.losses import loss_aegmm
+    from dagmm.models.losses import loss_aegmm
 
     if recon == "sum":
         return loss_aegmm

@@ -176,7 +176,7 @@ def time_fit(od, X: np.ndarray, epochs: int, batch_size: int, limit_s: Callable[
 
     def at_epoch_end(epoch, logs):
         stamps.append(time.perf_counter())
-        # fit may have handed this thread's torch threads to its C kernels (dagmm.train_step.kernel_threads):
+        # fit may have handed this thread's torch threads to its C kernels (dagmm.accel.train_step.kernel_threads):
         # the limit is always torch's products on the run's thread count
         during = torch.get_num_threads()
         torch.set_num_threads(threads)
@@ -312,7 +312,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, plus cuda if present)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "speed.json")
     args = ap.parse_args(argv)
-    from dagmm.base import DEFAULT_SCORE_BATCH
+    from dagmm.detectors.base import DEFAULT_SCORE_BATCH
 
     args.epochs = args.epochs or (2 if args.quick else 4)
     args.score_batch = args.score_batch or DEFAULT_SCORE_BATCH

@@ -22,12 +22,12 @@ def _seed_torch():
 
 @pytest.fixture(params=["torch", "native"])
 def kernel_backend(request, monkeypatch):
-    """Runs a test on the torch code and on the optional C kernels of ``dagmm.native``.
+    """Runs a test on the torch code and on the optional C kernels of ``dagmm.accel.native``.
 
     Where the kernels were not built the "native" run skips, unless
     ``DAGMM_REQUIRE_NATIVE=1`` (set by ``.ci/run``) makes it fail.
     """
-    from dagmm import native
+    from dagmm.accel import native
 
     if request.param == "native":
         require_native()
@@ -37,12 +37,12 @@ def kernel_backend(request, monkeypatch):
 
 def require_native() -> None:
     """Skip where the C kernels were not built; fail instead under ``DAGMM_REQUIRE_NATIVE=1``."""
-    from dagmm import native
+    from dagmm.accel import native
 
     if not native.available():
         if os.environ.get("DAGMM_REQUIRE_NATIVE") == "1":
-            pytest.fail("DAGMM_REQUIRE_NATIVE=1 but dagmm._native was not built (is a C compiler installed?)")
-        pytest.skip("dagmm._native was not built (no C compiler at install); the torch code is tested")
+            pytest.fail("DAGMM_REQUIRE_NATIVE=1 but dagmm.accel._native was not built (is a C compiler installed?)")
+        pytest.skip("dagmm.accel._native was not built (no C compiler at install); the torch code is tested")
 
 
 @pytest.fixture

@@ -161,7 +161,7 @@ def test_bad_arguments(tabular):
 
 
 def test_default_optimizer_is_adam_lr_1e3(tabular, monkeypatch):
-    import dagmm.ae as ae_mod
+    import dagmm.detectors.ae as ae_mod
 
     built = []
     real = ae_mod.resolve_optimizer

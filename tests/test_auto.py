@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from dagmm import OutlierAE, OutlierAEGMM
-from dagmm.auto import (
+from dagmm.training.auto import (
     EarlyStopping,
     ae_config,
     aegmm_config,
@@ -197,7 +197,7 @@ def test_feature_scores_in_standardised_units(raw_task):
 
 # -------------------------------------------------------------- user nets
 def test_user_nets_keep_the_fixed_defaults(raw_task, monkeypatch):
-    import dagmm.aegmm as aegmm_mod
+    import dagmm.detectors.aegmm as aegmm_mod
 
     X = raw_task[0][:200]
     enc = nn.Sequential(nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 2))
@@ -248,7 +248,7 @@ def test_defaults_beat_the_paper_configuration(raw_task):
 
 
 def test_reconstruction_features_by_architecture(rng):
-    from dagmm.features import default_recon_features, log_mse_cosine
+    from dagmm.models.features import default_recon_features, log_mse_cosine
 
     x, xr = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
     got = log_mse_cosine(torch.from_numpy(x), torch.from_numpy(xr)).numpy()

@@ -65,7 +65,7 @@ def model(files) -> Path:
 def _python_scores(model: Path, df: pd.DataFrame) -> np.ndarray:
     """The same scores through the Python API: the saved preprocessing, then the saved detector."""
     import dagmm
-    from dagmm.preprocess import TabularPreprocessor
+    from dagmm.tables.preprocess import TabularPreprocessor
 
     settings = json.loads((model / "preprocessing.json").read_text())
     pre = TabularPreprocessor.from_dict(settings["preprocessor"])

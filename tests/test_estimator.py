@@ -9,7 +9,7 @@ from sklearn.base import clone
 from torch import nn
 
 from dagmm import DAGMM, NotFittedError, OutlierAEGMM
-from dagmm.estimator import activation_name
+from dagmm.detectors.estimator import activation_name
 
 SMALL = dict(comp_hiddens=(8, 4, 1), est_hiddens=(6, 3), minibatch_size=128, epoch_size=3, random_seed=7)
 
@@ -46,7 +46,7 @@ def test_same_result_as_outlier_aegmm_built_the_same_way(data):
     dec = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 5))
     dens = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Dropout(0.5), nn.Linear(6, 3), nn.Softmax(dim=1))
     od = OutlierAEGMM(encoder_net=enc, decoder_net=dec, gmm_density_net=dens)
-    from dagmm.training import default_adam
+    from dagmm.training.loop import default_adam
 
     od.fit(xn, w_energy=0.2, w_cov_diag=0.01, optimizer=lambda p: default_adam(p, 1e-3),
            epochs=3, batch_size=128, verbose=False, seed=7)

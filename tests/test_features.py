@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from dagmm.features import cosine_similarity, default_recon_features, relative_euclidean
+from dagmm.models.features import cosine_similarity, default_recon_features, relative_euclidean
 
 # every test on the torch code and on the C kernel (conftest.kernel_backend)
 pytestmark = pytest.mark.usefixtures("kernel_backend")
@@ -27,7 +27,7 @@ def test_recon_features_zero_rows_finite_and_images_flattened():
 
 
 def _reference_pair(name, x, r):
-    from dagmm.features import LOG_MSE_EPS
+    from dagmm.models.features import LOG_MSE_EPS
 
     first = (relative_euclidean(x, r) if name == "relative"
              else torch.log((x - r).flatten(1).pow(2).mean(1) + LOG_MSE_EPS))
@@ -38,7 +38,7 @@ def _reference_pair(name, x, r):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_recon_feature_gradient_matches_autograd(name, dtype):
     """The closed-form backward against autograd through the plain formulas, edge rows included."""
-    from dagmm.features import log_mse_cosine
+    from dagmm.models.features import log_mse_cosine
 
     fn = default_recon_features if name == "relative" else log_mse_cosine
     x = torch.randn(40, 3, 5, dtype=dtype)

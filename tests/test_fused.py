@@ -1,4 +1,4 @@
-"""Fused execution of plain MLP stacks (dagmm.fused) against the same modules run by torch."""
+"""Fused execution of plain MLP stacks (dagmm.accel.fused) against the same modules run by torch."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from dagmm import fused
-from dagmm.nets import mlp, paper_kddcup_nets
+from dagmm.accel import fused
+from dagmm.models.nets import mlp, paper_kddcup_nets
 
-# every test on the torch code and on the C tanh kernels (dagmm/_native_act.c)
+# every test on the torch code and on the C tanh kernels (dagmm/accel/_native_act.c)
 pytestmark = pytest.mark.usefixtures("kernel_backend")
 
 
@@ -63,7 +63,7 @@ def test_fused_float32_close_and_inference_path_consistent(name, kernel_backend)
         y_inf = fused.run(seq, x)
     y = fused.run(seq, x.clone().requires_grad_(True))
     # Scoring sees what training saw: bit for bit on the torch code; the C inference kernel
-    # (dagmm/_native_mlp.c) sums the products in another order, so to float32 rounding there.
+    # (dagmm/accel/_native_mlp.c) sums the products in another order, so to float32 rounding there.
     tol = 0 if kernel_backend == "torch" else 2e-6
     torch.testing.assert_close(y.detach(), y_inf, rtol=tol, atol=tol)
     torch.testing.assert_close(y_inf, seq(x), rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ import torch
 from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture
 
-from dagmm.gmm import (
+from dagmm.models.gmm import (
     CholeskyError,
     add_stats,
     batch_gmm_params,

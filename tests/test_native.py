@@ -1,4 +1,4 @@
-"""The C kernels of ``dagmm.native`` against the torch code they replace, on the same inputs.
+"""The C kernels of ``dagmm.accel.native`` against the torch code they replace, on the same inputs.
 
 Skipped where the kernels were not built, failed instead under ``DAGMM_REQUIRE_NATIVE=1``
 (``.ci/run``).  The kernels are also run through every test of ``test_objective.py``,
@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from dagmm import fused, native
-from dagmm.features import default_recon_features, log_mse_cosine
-from dagmm.gmm import sample_energy
-from dagmm.objective import mixture_objective
+from dagmm.accel import fused, native
+from dagmm.models.features import default_recon_features, log_mse_cosine
+from dagmm.models.gmm import sample_energy
+from dagmm.accel.objective import mixture_objective
 
 from conftest import require_native
 
@@ -189,19 +189,19 @@ def test_mlp_kernel_rows_are_independent_and_nan_propagates():
 
 
 def _require_fast_mlp() -> None:
-    from dagmm import fused_mlp
+    from dagmm.accel import fused_mlp
 
     if not fused_mlp.FAST:
-        pytest.skip("the inference kernels run only as their AVX2 + FMA build (dagmm.fused_mlp.FAST is False)")
+        pytest.skip("the inference kernels run only as their AVX2 + FMA build (dagmm.accel.fused_mlp.FAST is False)")
 
 
 def test_fused_inference_uses_the_mlp_kernel_only_where_it_applies(monkeypatch):
-    from dagmm import fused_mlp
-    from dagmm.nets import mlp, paper_kddcup_nets
+    from dagmm.accel import fused_mlp
+    from dagmm.models.nets import mlp, paper_kddcup_nets
 
     _require_fast_mlp()
 
-    # dagmm.fused_mlp keeps its own copy of dagmm.fused's layer kinds (a circular import otherwise)
+    # dagmm.accel.fused_mlp keeps its own copy of dagmm.accel.fused's layer kinds (a circular import otherwise)
     assert (fused_mlp._LINEAR, fused_mlp._TANH, fused_mlp._RELU, fused_mlp._DROPOUT) == (
         fused._LINEAR, fused._TANH, fused._RELU, fused._DROPOUT)
     enc, dec, _ = paper_kddcup_nets(120)
@@ -225,7 +225,7 @@ def test_fused_inference_uses_the_mlp_kernel_only_where_it_applies(monkeypatch):
         fused.run(sig, x)
         drop = nn.Sequential(nn.Linear(120, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 2)).train()
         fused.run(drop, x)  # a dropout that drops
-        assert calls == ["bias_tanh"]  # only the tanh of the dropout stack, through dagmm.fused's torch path
+        assert calls == ["bias_tanh"]  # only the tanh of the dropout stack, through dagmm.accel.fused's torch path
         calls.clear()
         drop.eval()
         fused.run(drop, x)
@@ -269,7 +269,7 @@ def test_aegmm_scoring_kernel_matches_the_module_path(tabular, architecture, mon
 
 def test_aegmm_scoring_kernel_only_where_it_applies(tabular, monkeypatch):
     from dagmm import OutlierAEGMM
-    from dagmm.features import relative_euclidean
+    from dagmm.models.features import relative_euclidean
 
     X_train, X_test, _ = tabular
     f = X_train.shape[1]

@@ -1,7 +1,7 @@
-"""The closed-form gradient of the mixture objective against autograd through dagmm.gmm.
+"""The closed-form gradient of the mixture objective against autograd through dagmm.models.gmm.
 
-Every test runs on both implementations: the torch code of ``dagmm.objective``
-and the optional C kernel (``dagmm._native``), which CI requires to be built
+Every test runs on both implementations: the torch code of ``dagmm.accel.objective``
+and the optional C kernel (``dagmm.accel._native``), which CI requires to be built
 (``DAGMM_REQUIRE_NATIVE=1`` in ``.ci/run``), through the ``kernel_backend``
 fixture of ``conftest.py``.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dagmm.gmm import (
+from dagmm.models.gmm import (
     CholeskyError,
     batch_gmm_params,
     cholesky_with_jitter,
@@ -19,7 +19,7 @@ from dagmm.gmm import (
     precision_cholesky,
     sample_energy,
 )
-from dagmm.objective import mixture_objective
+from dagmm.accel.objective import mixture_objective
 
 
 pytestmark = pytest.mark.usefixtures("kernel_backend")

@@ -433,7 +433,7 @@ def test_fitted_tensor_shape_checked(saved):
 def test_cli_info_reads_saved_detector(saved, capsys):
     from types import SimpleNamespace
 
-    from dagmm.commands import cmd_info
+    from dagmm.cli.commands import cmd_info
 
     assert cmd_info(SimpleNamespace(model=str(saved))) == 0
     out = capsys.readouterr().out
@@ -441,7 +441,8 @@ def test_cli_info_reads_saved_detector(saved, capsys):
 
 
 def test_registry_of_callables_is_by_identity():
-    assert architecture.callable_name(dagmm.features.default_recon_features) == \
+    # registry names are the saved format's (the pre-layout module path), not where the function lives now
+    assert architecture.callable_name(dagmm.models.features.default_recon_features) == \
         "dagmm.features.default_recon_features"
     assert architecture.callable_name(lambda x, y: x) is None
 

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dagmm.preprocess import TabularPreprocessor
-from dagmm.tableio import ChunkWriter, iter_table, read_table, table_format
+from dagmm.tables.preprocess import TabularPreprocessor
+from dagmm.tables.tableio import ChunkWriter, iter_table, read_table, table_format
 
 
 @pytest.fixture

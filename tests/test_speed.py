@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import dagmm.ae
+import dagmm.detectors.ae
 from dagmm import OutlierAE, OutlierAEGMM
 from dagmm._validation import check_array
-from dagmm.gmm import sample_energy
-from dagmm.training import default_adam
+from dagmm.models.gmm import sample_energy
+from dagmm.training.loop import default_adam
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 
@@ -48,7 +48,7 @@ def test_ae_scores_match_plain_numpy_in_blocks(tabular, monkeypatch):
     recon = od.reconstruct(X_test, batch_size=33)
     with torch.no_grad():
         np.testing.assert_array_equal(recon, od.ae.eval()(torch.from_numpy(X_test)).numpy())
-    monkeypatch.setattr(dagmm.ae, "_SCORE_BLOCK_BYTES", 8 * X_test.shape[1] * 5)  # 5 rows per block
+    monkeypatch.setattr(dagmm.detectors.ae, "_SCORE_BLOCK_BYTES", 8 * X_test.shape[1] * 5)  # 5 rows per block
     fs, iscore = od.score(X_test, outlier_perc=30, batch_size=64)
     np.testing.assert_array_equal(fs, np.square(X_test - recon))
     k = int(np.ceil(0.3 * X_test.shape[1]))

@@ -1,4 +1,4 @@
-"""The default OutlierAEGMM loss as one node (dagmm.train_step) against the composed modules."""
+"""The default OutlierAEGMM loss as one node (dagmm.accel.train_step) against the composed modules."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import torch
 from conftest import require_native
 from torch import nn
 
-from dagmm import OutlierAEGMM, fused, native, train_step
-from dagmm.features import default_recon_features, log_mse_cosine
-from dagmm.losses import loss_aegmm, loss_mse
-from dagmm.nets import AEGMMNet, paper_kddcup_nets
+from dagmm import OutlierAEGMM
+from dagmm.accel import fused, native, train_step
+from dagmm.models.features import default_recon_features, log_mse_cosine
+from dagmm.models.losses import loss_aegmm, loss_mse
+from dagmm.models.nets import AEGMMNet, paper_kddcup_nets
 
 
 @pytest.fixture(autouse=True)
@@ -95,22 +96,22 @@ def test_fit_trains_through_the_single_node(monkeypatch, rng):
         calls.append(out is not None)
         return out
 
-    monkeypatch.setattr("dagmm.aegmm.aegmm_loss", spy)
+    monkeypatch.setattr("dagmm.detectors.aegmm.aegmm_loss", spy)
     X = rng.normal(size=(600, 12)).astype("float32")
     fast = OutlierAEGMM(architecture="paper").fit(X, epochs=2, batch_size=200, verbose=False, seed=0)
     assert calls and all(calls)
     # the same fit on the composed modules ends close by (float32 rounding differs along the way)
-    monkeypatch.setattr("dagmm.aegmm.aegmm_loss", lambda *a, **k: None)
+    monkeypatch.setattr("dagmm.detectors.aegmm.aegmm_loss", lambda *a, **k: None)
     slow = OutlierAEGMM(architecture="paper").fit(X, epochs=2, batch_size=200, verbose=False, seed=0)
     for a, b in zip(fast.history_, slow.history_):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
 
 def _require_fast_mlp() -> None:
-    from dagmm import fused_mlp
+    from dagmm.accel import fused_mlp
 
     if not fused_mlp.FAST:
-        pytest.skip("the training kernels run only as their AVX2 + FMA build (dagmm.fused_mlp.FAST is False)")
+        pytest.skip("the training kernels run only as their AVX2 + FMA build (dagmm.accel.fused_mlp.FAST is False)")
 
 
 def _net(n_features, latent, act, bias=True):
@@ -134,7 +135,7 @@ def _net(n_features, latent, act, bias=True):
 @pytest.mark.parametrize("rows", [1, 5, 47, 48, 49, 97, 1000])
 def test_training_kernels_match_the_per_layer_products(threads, shape, rows, monkeypatch):
     """The two C calls against the same loss with torch.mm per layer: loss, x' and every gradient."""
-    from dagmm import fused_mlp
+    from dagmm.accel import fused_mlp
 
     _require_fast_mlp()
     n_features, latent, act, bias = shape
@@ -162,7 +163,7 @@ def test_training_kernels_match_the_per_layer_products(threads, shape, rows, mon
 
 @pytest.mark.parametrize("case", ["sigmoid encoder", "dropping encoder", "activation last", "decoder width"])
 def test_training_kernels_only_where_they_apply(case, monkeypatch):
-    from dagmm import fused_mlp
+    from dagmm.accel import fused_mlp
 
     _require_fast_mlp()
     model = _model()
@@ -182,7 +183,7 @@ def test_training_kernels_only_where_they_apply(case, monkeypatch):
     xb = torch.randn(64, 20)
     if case in ("activation last", "decoder width"):  # x' must be a bare Linear of the input's width
         assert train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005) is None
-    elif case == "dropping encoder":  # its masks are drawn by dagmm.fused, not nn.Dropout: no twin to compare
+    elif case == "dropping encoder":  # its masks are drawn by dagmm.accel.fused, not nn.Dropout: no twin to compare
         assert train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005) is not None
     else:  # the loss still runs, on the per-layer path, and matches the modules
         (ref, _), (loss, _) = _both(model, xb, w_energy=0.1, w_cov_diag=0.005)
@@ -190,7 +191,7 @@ def test_training_kernels_only_where_they_apply(case, monkeypatch):
 
 
 def test_training_kernels_check_the_layers():
-    from dagmm import fused_mlp
+    from dagmm.accel import fused_mlp
 
     _require_fast_mlp()
     model = _model()
@@ -231,7 +232,7 @@ def test_kernel_threads_takes_torch_threads_only_inside_and_gives_them_back():
 def test_training_kernels_reuse_activation_buffers_only_once_free():
     """Activations of a step stay intact while its graph lives (two losses alive, a second backward
     with retain_graph), and the buffer is reused once the graph is gone."""
-    from dagmm import fused_mlp
+    from dagmm.accel import fused_mlp
 
     _require_fast_mlp()
     model = _model()

@@ -8,8 +8,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from dagmm import OutlierAEGMM, TrainingDivergedError
-from dagmm.losses import loss_aegmm
-from dagmm.training import resolve_optimizer
+from dagmm.models.losses import loss_aegmm
+from dagmm.training.loop import resolve_optimizer
 
 
 def test_every_parameter_gets_a_finite_nonzero_gradient(tabular):
@@ -74,8 +74,8 @@ def test_mixture_comes_from_whole_training_set(tabular):
     X_train, _, _ = tabular
     od = OutlierAEGMM(n_gmm=2).fit(X_train, epochs=1, batch_size=100, verbose=False, seed=0)
     model = od.aegmm.eval()
-    from dagmm.auto import apply_standardize
-    from dagmm.gmm import batch_gmm_params
+    from dagmm.training.auto import apply_standardize
+    from dagmm.models.gmm import batch_gmm_params
 
     X_std = apply_standardize(X_train, od.scaler_mean_, od.scaler_scale_)  # what the network sees
     with torch.no_grad():
@@ -145,7 +145,7 @@ def _adam_twins(ref_cls, steps, on_step=None, **kwargs):
 
     from torch import nn
 
-    from dagmm.training import LeanAdam
+    from dagmm.training.loop import LeanAdam
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2), nn.Linear(2, 2))
@@ -177,7 +177,7 @@ def _adam_twins(ref_cls, steps, on_step=None, **kwargs):
 def test_lean_adam_matches_torch_fused_adam_bit_for_bit(monkeypatch):
     """The cached fast path runs the same kernel: identical weights through lr changes, a state
     reload, a parameter without a gradient and a step hook (which send steps back to torch)."""
-    from dagmm import native
+    from dagmm.accel import native
 
     monkeypatch.setattr(native, "enabled", False)  # the C step agrees to rounding only: the next test
 
@@ -198,7 +198,7 @@ def test_lean_adam_c_step_matches_torch_adam(weight_decay, monkeypatch):
     parameter whose storage was replaced; and it is the step in use."""
     from conftest import require_native
 
-    from dagmm import native
+    from dagmm.accel import native
 
     require_native()
     monkeypatch.setattr(native, "enabled", True)

@@ -1,13 +1,13 @@
 """Unsupervised deep outlier detection on PyTorch: DAGMM and auto-encoder detectors."""
 
 from ._version import __version__
-from .ae import OutlierAE
-from .aegmm import OutlierAEGMM
-from .base import NotFittedError
-from .estimator import DAGMM
-from .gmm import CholeskyError
+from .detectors.ae import OutlierAE
+from .detectors.aegmm import OutlierAEGMM
+from .detectors.base import NotFittedError
+from .detectors.estimator import DAGMM
+from .models.gmm import CholeskyError
 from .persistence import fetch_detector, load_detector, save_detector
-from .training import TrainingDivergedError
+from .training.loop import TrainingDivergedError
 
 __all__ = [
     "__version__",

@@ -22,8 +22,8 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
-from ..features import default_recon_features, log_mse_cosine
-from ..nets import AEGMMNet, AENet, ConvDecoder, ConvEncoder
+from ..models.features import default_recon_features, log_mse_cosine
+from ..models.nets import AEGMMNet, AENet, ConvDecoder, ConvEncoder
 
 __all__ = ["CALLABLES", "LAYERS", "describe_module", "build_module", "callable_name", "function_entry"]
 
@@ -149,7 +149,7 @@ def describe_module(module: nn.Module, argument: str) -> dict:
     """Describe ``module``; an undescribable one becomes ``{"custom", "argument"}``.
 
     ``argument`` is the ``load_detector`` keyword that would replace it.  The
-    parts of an :class:`~dagmm.nets.AEGMMNet` / :class:`~dagmm.nets.AENet`
+    parts of an :class:`~dagmm.models.nets.AEGMMNet` / :class:`~dagmm.models.nets.AENet`
     are described one by one, so only the undescribable part must be passed.
     """
     for key, (klass, parts) in _PARTS.items():

@@ -38,7 +38,8 @@ __all__ = ["FORMAT_VERSION", "DETECTOR_CLASSES", "save_detector", "load_detector
 FORMAT_VERSION = 1
 
 #: Class name -> module holding it; nothing else is ever instantiated from a config.
-DETECTOR_CLASSES = {"OutlierAEGMM": "dagmm.aegmm", "OutlierAE": "dagmm.ae", "DAGMM": "dagmm.estimator"}
+DETECTOR_CLASSES = {"OutlierAEGMM": "dagmm.detectors.aegmm", "OutlierAE": "dagmm.detectors.ae",
+                    "DAGMM": "dagmm.detectors.estimator"}
 
 
 def _detector_class(name: Any) -> type:
@@ -219,7 +220,7 @@ def _read_weights(path: Path, config: dict) -> dict:
 
 
 def _resolve_device(saved: Optional[str], override: Union[None, str, torch.device]) -> torch.device:
-    from ..base import resolve_device
+    from ..detectors.base import resolve_device
 
     if override is not None:
         return resolve_device(override)

@@ -1,0 +1,264 @@
+"""Implementations of the ``dagmm`` subcommands; they use only the public API.
+
+A model directory written by ``dagmm fit`` holds ``detector/`` (a detector
+saved with :func:`dagmm.save_detector`) and ``preprocessing.json`` (the
+:class:`~dagmm.tables.preprocess.TabularPreprocessor` and the CLI settings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PREPROCESSING = "preprocessing.json"
+DETECTOR = "detector"
+
+
+def _instance_scores(od: Any, X: np.ndarray) -> np.ndarray:
+    scores = od.score(X)
+    return scores[1] if isinstance(scores, tuple) else scores
+
+
+def _check_positive(value: int, flag: str) -> None:
+    if value < 1:
+        raise ValueError(f"{flag} must be a positive integer, got {value}.")
+
+
+# ---------------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    _check_positive(args.samples, "--samples")
+    if args.epochs is not None:
+        _check_positive(args.epochs, "--epochs")
+    run_demo(n_samples=args.samples, epochs=args.epochs, seed=args.seed, verbose=not args.quiet)
+    return 0
+
+
+# ----------------------------------------------------------------------- fit
+def _new_detector(kind: str, n_gmm: int):
+    import dagmm
+
+    if kind == "aegmm":
+        return dagmm.OutlierAEGMM(n_gmm=n_gmm, data_type="tabular")
+    return dagmm.OutlierAE(data_type="tabular")
+
+
+def _replace_dir(tmp: str, out: str) -> None:
+    """Move the finished ``tmp`` to ``out``; an old model is removed only afterwards."""
+    if os.path.exists(out):
+        if not os.path.isfile(os.path.join(out, PREPROCESSING)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(f"Refusing to replace {out}: it exists and is not a dagmm model directory.")
+        old = tempfile.mkdtemp(prefix=".dagmm-old-", dir=os.path.dirname(os.path.abspath(out)))
+        os.rmdir(old)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def cmd_fit(args) -> int:
+    import torch
+
+    import dagmm
+    from ..tables.preprocess import TabularPreprocessor
+    from ..tables.tableio import read_table
+    from ..training.loop import default_adam
+
+    for value, flag in ((args.epochs, "--epochs"), (args.batch_size, "--batch-size"), (args.n_gmm, "--n-gmm")):
+        if value is not None:
+            _check_positive(value, flag)
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be a positive number, got {args.lr}.")
+    df = read_table(args.data)
+    pre = TabularPreprocessor(args.columns, args.exclude, args.label_column).fit(df)
+    X = pre.transform(df)
+    od = _new_detector(args.detector, args.n_gmm)
+    lr = args.lr
+    od.fit(X, epochs=args.epochs, batch_size=args.batch_size, verbose=not args.quiet, seed=args.seed,
+           optimizer=None if lr is None else (lambda p: default_adam(p, lr)))
+    X_thr = X if args.threshold_data is None else pre.transform(read_table(args.threshold_data))
+    od.infer_threshold(X_thr, threshold_perc=args.threshold_perc)
+
+    out = os.path.abspath(args.out)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".dagmm-new-", dir=parent)
+    try:
+        dagmm.save_detector(od, os.path.join(tmp, DETECTOR))
+        settings = {"preprocessor": pre.to_dict(), "detector": args.detector, "threshold_perc": args.threshold_perc,
+                    "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                    "trained_on": os.path.basename(args.data), "n_rows": int(len(X))}
+        with open(os.path.join(tmp, PREPROCESSING), "w", encoding="utf-8") as fh:
+            json.dump(settings, fh, indent=2)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _replace_dir(tmp, out)
+    flagged = float((_instance_scores(od, X) > od.threshold).mean() * 100)
+    print(f"Trained {type(od).__name__} on {len(X)} rows x {X.shape[1]} features; threshold "
+          f"{od.threshold:.6g} ({flagged:.1f}% of the training rows above it). Saved to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------- score
+def _load_model(model_dir: str):
+    import dagmm
+    from ..tables.preprocess import TabularPreprocessor
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"No model directory at {model_dir}")
+    settings_file = path / PREPROCESSING
+    if not settings_file.is_file():
+        raise FileNotFoundError(f"{model_dir} has no {PREPROCESSING}: it was not written by `dagmm fit`.")
+    with open(settings_file, encoding="utf-8") as fh:
+        settings = json.load(fh)
+    pre = TabularPreprocessor.from_dict(settings["preprocessor"])
+    od = dagmm.load_detector(str(path / DETECTOR))
+    if od.threshold is None:
+        raise ValueError(f"The detector in {model_dir} has no threshold.")
+    return od, pre, settings
+
+
+def _score_chunks(od, pre, data: str, chunk_rows: int, extra_column=None):
+    from ..tables.tableio import iter_table
+
+    _check_positive(chunk_rows, "--chunk-rows")
+    seen = 0
+    for chunk in iter_table(data, chunk_rows):
+        X = pre.transform(chunk, row_offset=seen)
+        scores = _instance_scores(od, X)
+        extra = None
+        if extra_column is not None:
+            if extra_column not in chunk.columns:
+                raise ValueError(f"Column {extra_column!r} not found in {data}.")
+            extra = chunk[extra_column].to_numpy()
+        yield chunk.index.to_numpy(), scores, extra
+        seen += len(chunk)
+
+
+def cmd_score(args) -> int:
+    import pandas as pd
+
+    from ..tables.tableio import ChunkWriter
+
+    od, pre, _ = _load_model(args.model)
+    writer = ChunkWriter(args.out)
+    n = n_out = 0
+    try:
+        for rows, scores, ids in _score_chunks(od, pre, args.data, args.chunk_rows, args.id_column):
+            flags = (scores > od.threshold).astype(np.int64)
+            first = (args.id_column, ids) if args.id_column else ("row", rows)
+            writer.write(pd.DataFrame({first[0]: first[1], "score": scores, "is_outlier": flags}))
+            n += len(scores)
+            n_out += int(flags.sum())
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    print(f"Scored {n} rows: {n_out} outliers ({100.0 * n_out / max(n, 1):.2f}%). Wrote {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------------ evaluate
+def cmd_evaluate(args) -> int:
+    from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
+
+    od, pre, _ = _load_model(args.model)
+    scores, labels = [], []
+    for _, s, y in _score_chunks(od, pre, args.data, args.chunk_rows, args.label_column):
+        scores.append(s)
+        labels.append(y)
+    scores = np.concatenate(scores)
+    raw = np.concatenate(labels)
+    y = (raw.astype(str) == str(args.positive_label)).astype(int)
+    if y.min() == y.max():
+        raise ValueError(f"--label-column {args.label_column!r} has only one class "
+                         f"(positive label {args.positive_label!r}); AUROC needs both.")
+    flags = (scores > od.threshold).astype(int)
+    p, r, f1, _ = precision_recall_fscore_support(y, flags, average="binary", zero_division=0)
+    rows = [("rows", f"{len(y)}"), ("outliers (labelled)", f"{int(y.sum())}"), ("flagged", f"{int(flags.sum())}"),
+            ("precision", f"{p:.4f}"), ("recall", f"{r:.4f}"), ("F1", f"{f1:.4f}"),
+            ("AUROC", f"{roc_auc_score(y, scores):.4f}"), ("AUPRC", f"{average_precision_score(y, scores):.4f}")]
+    print("| metric | value |\n|---|---|")
+    for k, v in rows:
+        print(f"| {k} | {v} |")
+    if args.roc:
+        from ..utils.visualize import plot_roc
+
+        fig = plot_roc({type(od).__name__: {"scores": scores, "labels": y}})
+        fig.savefig(args.roc, dpi=100)
+        print(f"Wrote ROC curve to {args.roc}")
+    return 0
+
+
+# ---------------------------------------------------------------------- info
+def cmd_info(args) -> int:
+    import dagmm
+
+    path = Path(args.model)
+    settings = None
+    if (path / PREPROCESSING).is_file():
+        with open(path / PREPROCESSING, encoding="utf-8") as fh:
+            settings = json.load(fh)
+        path = path / DETECTOR
+    if not path.is_dir():
+        raise FileNotFoundError(f"No model directory at {args.model}")
+    from ..persistence import read_config
+
+    od = dagmm.load_detector(str(path))
+    config = read_config(path)
+    print(f"detector: {type(od).__name__}")
+    print(f"saved by: dagmm {config.get('dagmm_version')}, torch {config.get('torch_version')}, "
+          f"format version {config.get('format_version')}")
+    print(f"threshold: {od.threshold}")
+    print(f"fitted: {getattr(od, '_fitted', False)}")
+    if getattr(od, "feature_shape_", None) is not None:
+        print(f"feature shape: {od.feature_shape_}")
+    if getattr(od, "n_gmm", None) is not None:
+        print(f"components (n_gmm): {od.n_gmm}")
+    net = getattr(od, "aegmm", None) or getattr(od, "ae", None)
+    if net is not None:
+        print("architecture:")
+        print("  " + str(net).replace("\n", "\n  "))
+    if settings is not None:
+        pre = settings["preprocessor"]
+        print(f"preprocessing: {len(pre['numeric'])} numeric column(s) standardised, "
+              f"{len(pre['categorical'])} categorical column(s) one-hot encoded")
+        print(f"trained on: {settings.get('trained_on')} ({settings.get('n_rows')} rows), "
+              f"epochs {settings.get('epochs')}, batch {settings.get('batch_size')}, lr {settings.get('lr')}, "
+              f"seed {settings.get('seed')}, threshold percentile {settings.get('threshold_perc')}")
+    return 0
+
+
+# --------------------------------------------------------------------- bench
+_BENCH_SCRIPTS = {"paper": "paper_table.py", "speed": "speed.py", "defaults": "defaults.py"}
+
+
+def cmd_bench(args) -> int:
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / _BENCH_SCRIPTS[args.which]
+    if not script.is_file():
+        raise FileNotFoundError(
+            f"{script.name} not found: `dagmm bench` runs the scripts in benchmarks/ of a source checkout "
+            "(install with `pip install -e .` from the repository)."
+        )
+    old_argv = sys.argv
+    sys.argv = [str(script), *args.args]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
+    finally:
+        sys.argv = old_argv
+    return 0

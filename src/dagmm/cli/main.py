@@ -1,0 +1,107 @@
+"""The ``dagmm`` command line.
+
+Exit codes: 0 success, 1 runtime error (one line on stderr; ``--debug`` shows
+the traceback), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Optional, Sequence
+
+__all__ = ["main"]
+
+
+def _csv_list(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .._version import __version__
+
+    parser = argparse.ArgumentParser(prog="dagmm", description="Unsupervised deep outlier detection.")
+    parser.add_argument("--version", action="version", version=f"dagmm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="train OutlierAEGMM on synthetic data and print its quality")
+    demo.add_argument("--samples", type=int, default=20000, help="rows of synthetic data (default 20000)")
+    demo.add_argument("--epochs", type=int, default=None,
+                      help="training epochs (default: the automatic schedule with early stopping)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(demo)
+
+    fit = sub.add_parser("fit", help="train a detector on a CSV, Parquet or .npy file")
+    fit.add_argument("data", help="training data: .csv, .csv.gz, .parquet or .npy")
+    fit.add_argument("--out", required=True, help="model directory to write")
+    fit.add_argument("--detector", choices=["aegmm", "ae"], default="aegmm", help="detector type (default aegmm)")
+    fit.add_argument("--epochs", type=int, default=None,
+                     help="training epochs (default: automatic step budget with early stopping)")
+    fit.add_argument("--batch-size", type=int, default=None, help="training batch size (default: from the row count)")
+    fit.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
+    fit.add_argument("--n-gmm", type=int, default=None,
+                     help="mixture components for aegmm (default: from the row count, 1 to 4)")
+    fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    fit.add_argument("--threshold-perc", type=float, default=95.0,
+                     help="percentile of the threshold data's scores used as threshold (default 95)")
+    fit.add_argument("--threshold-data", help="file to infer the threshold on (default: the training data)")
+    fit.add_argument("--columns", type=_csv_list, help="comma-separated feature columns (default: all)")
+    fit.add_argument("--exclude", type=_csv_list, default=[], help="comma-separated columns to leave out")
+    fit.add_argument("--label-column", help="column holding labels; never used as a feature")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(fit)
+
+    score = sub.add_parser("score", help="score a file with a saved model, chunk by chunk")
+    score.add_argument("model", help="model directory written by `dagmm fit`")
+    score.add_argument("data", help="data to score: .csv, .csv.gz, .parquet or .npy")
+    score.add_argument("--out", required=True, help="scores file to write (.csv or .parquet)")
+    score.add_argument("--id-column", help="column copied to the output as the row id (default: row number)")
+    score.add_argument("--chunk-rows", type=int, default=100_000, help="rows read at a time (default 100000)")
+    _add_common(score)
+
+    ev = sub.add_parser("evaluate", help="precision/recall/F1/AUROC/AUPRC of a saved model on labelled data")
+    ev.add_argument("model", help="model directory written by `dagmm fit`")
+    ev.add_argument("data", help="labelled data: .csv, .csv.gz, .parquet or .npy")
+    ev.add_argument("--label-column", required=True, help="column with 1 (or --positive-label) for outliers")
+    ev.add_argument("--positive-label", default="1", help="label value of outliers (default 1)")
+    ev.add_argument("--roc", help="write a ROC curve plot to this PNG file")
+    ev.add_argument("--chunk-rows", type=int, default=100_000, help="rows read at a time (default 100000)")
+    _add_common(ev)
+
+    info = sub.add_parser("info", help="describe a saved model")
+    info.add_argument("model", help="model directory written by `dagmm fit` or save_detector")
+    _add_common(info)
+
+    bench = sub.add_parser("bench", help="run a benchmark from a source checkout: paper or speed")
+    bench.add_argument("which", choices=["paper", "speed", "defaults"], help="which benchmark")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark script")
+    _add_common(bench)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    from . import commands
+
+    handler = getattr(commands, f"cmd_{args.command}")
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        print("dagmm: interrupted", file=sys.stderr)
+        return 1
+    except Exception as err:  # one clear line, as promised in the docs
+        if args.debug:
+            traceback.print_exc()
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"dagmm {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""What every detector shares: device, seeding, batching, thresholds and the output dict."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Optional, Union
+
+import numpy as np
+import torch
+
+from ..accel.batches import for_each_batch, workers_for
+from .._validation import check_array, check_positive_int
+from ..training.auto import apply_standardize, standardize_stats
+from .._version import __version__
+
+__all__ = ["BaseDetector", "NotFittedError", "resolve_device", "seeded"]
+
+#: Rows per forward pass when scoring; bounds memory independently of N.
+DEFAULT_SCORE_BATCH = 16384
+
+
+class NotFittedError(RuntimeError):
+    """A method that needs a fitted detector was called before ``fit``."""
+
+
+def resolve_device(device: Union[None, str, torch.device]) -> torch.device:
+    """``None`` means CPU; a CUDA device must be available."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: {device!r} is not a valid torch device ({err}). Use 'cpu' or 'cuda'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was requested but CUDA is not available here; use device='cpu'.")
+    return dev
+
+
+@contextlib.contextmanager
+def seeded(seed: Optional[int], device: torch.device) -> Iterator[Optional[torch.Generator]]:
+    """Seed torch inside a forked RNG so the caller's global state is untouched.
+
+    Yields a generator for data shuffling on ``device`` (``None`` when unseeded).
+    """
+    if seed is None:
+        yield None
+        return
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}.")
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(seed) + 1)
+        yield gen
+
+
+class BaseDetector:
+    """Threshold, metadata, device handling and batched inference.
+
+    Subclasses set ``_fitted`` and implement ``score``.
+    """
+
+    def __init__(self, threshold: Optional[float] = None, data_type: Optional[str] = None,
+                 device: Union[None, str, torch.device] = None) -> None:
+        if threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+                raise TypeError(f"threshold must be a number or None, got {type(threshold).__name__}.")
+            threshold = float(threshold)
+        self.threshold = threshold
+        self.data_type = data_type
+        self.device = resolve_device(device)
+        self._fitted = False
+
+    @property
+    def meta(self) -> dict:
+        """``{'name', 'detector_type', 'data_type', 'online', 'version'}``."""
+        return {
+            "name": type(self).__name__,
+            "detector_type": "outlier",
+            "data_type": self.data_type,
+            "online": False,
+            "version": __version__,
+        }
+
+    def _check_fitted(self, action: str) -> None:
+        if not self._fitted:
+            raise NotFittedError(
+                f"This {type(self).__name__} is not fitted yet: call fit(X) before {action}."
+            )
+
+    def _check_threshold(self) -> float:
+        if self.threshold is None:
+            raise ValueError(
+                f"{type(self).__name__} has no threshold: call infer_threshold(X, threshold_perc) "
+                "or set detector.threshold before predict."
+            )
+        return self.threshold
+
+    def _batched(self, fn: Callable[[torch.Tensor], Any], X: np.ndarray, batch_size: int) -> Iterator[Any]:
+        """Apply ``fn`` to device tensors of at most ``batch_size`` rows, in inference mode."""
+        batch_size = check_positive_int(batch_size, "batch_size")
+        with torch.inference_mode():
+            for start in range(0, X.shape[0], batch_size):
+                xb = torch.from_numpy(X[start:start + batch_size]).to(self.device, non_blocking=True)
+                yield fn(xb)
+
+    def _batched_into(self, fn: Callable[[torch.Tensor, torch.Tensor], None], X: np.ndarray, batch_size: int,
+                      row_shape: tuple, dtype: torch.dtype, on_device: bool = True) -> np.ndarray:
+        """Fill one preallocated (N, *row_shape) result batch by batch, in inference mode.
+
+        ``fn(xb, out)`` writes the result for the rows ``xb`` into ``out``.
+        On CPU the batches are shared among ``torch.get_num_threads()``
+        threads, one batch at a time each (:mod:`dagmm.accel.batches`), so ``fn``
+        must not depend on the order of the batches.
+        With ``on_device=True`` the result lives on the detector's device
+        and crosses to the host in one transfer at the end (on CPU it is the
+        returned array itself: no copy at all); use it for small per-row
+        results such as scores.  With ``on_device=False`` each batch is
+        copied into the host array, so device memory stays bounded by
+        ``batch_size`` even for results as large as X.
+        """
+        batch_size = check_positive_int(batch_size, "batch_size")
+        n = X.shape[0]
+        np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        host = np.empty((n, *row_shape), dtype=np_dtype)
+        host_t = torch.from_numpy(host)
+        buf = host_t if (on_device is False or self.device.type == "cpu") else torch.empty(
+            (n, *row_shape), dtype=dtype, device=self.device)
+        staged = buf is host_t and self.device.type != "cpu"
+
+        # fn consumes each batch's intermediates before the next: safe to reuse them
+        def body(start: int, stop: int) -> None:
+            xb = torch.from_numpy(X[start:stop]).to(self.device, non_blocking=True)
+            if staged:
+                out = torch.empty((stop - start, *row_shape), dtype=dtype, device=self.device)
+                fn(xb, out)
+                buf[start:stop].copy_(out)
+            else:
+                fn(xb, buf[start:stop])
+
+        for_each_batch(body, n, batch_size, workers_for(self.device, -(-n // batch_size)))
+        if buf is not host_t:
+            host_t.copy_(buf)  # the one device-to-host transfer
+        return host
+
+    @staticmethod
+    def _percentile(scores: np.ndarray, threshold_perc: float) -> float:
+        return float(np.percentile(scores, threshold_perc))
+
+    def _checked(self, X: Any, name: str = "X") -> np.ndarray:
+        """Validated float32 X, in the standardised units the network saw in ``fit`` (if any)."""
+        X = check_array(X, name, feature_shape=getattr(self, "feature_shape_", None))
+        return apply_standardize(X, getattr(self, "scaler_mean_", None), getattr(self, "scaler_scale_", None))
+
+    def _fit_standardization(self, X: np.ndarray, auto: bool) -> tuple[np.ndarray, bool]:
+        """Fit the input scaling that ``self.standardize`` asks for (``'auto'``: on when ``auto``).
+
+        Sets ``scaler_mean_`` and ``scaler_scale_`` (``None`` when off) and
+        returns ``(X in the network's units, whether scaling is on)``.
+        """
+        on = auto if self.standardize == "auto" else bool(self.standardize)
+        if on:
+            self.scaler_mean_, self.scaler_scale_ = standardize_stats(X)
+        else:
+            self.scaler_mean_ = self.scaler_scale_ = None
+        return apply_standardize(X, self.scaler_mean_, self.scaler_scale_), on
+
+    def __repr__(self) -> str:
+        state = "fitted" if self._fitted else "not fitted"
+        return f"{type(self).__name__}(threshold={self.threshold}, data_type={self.data_type!r}, {state})"

@@ -1,0 +1,1 @@
+"""Training: the one trainer (:mod:`.loop`) and the data-driven defaults (:mod:`.auto`)."""
