@@ -114,8 +114,9 @@ float *pack_layers(const int64_t *spec, int nl, Layer *L, size_t extra, float **
 
 int check_layers(const char *kernel, int nl, Py_ssize_t tile)
 {
-    if (nl < 1 || nl > 64 || tile < 1) {
-        PyErr_Format(PyExc_ValueError, "%s: 1 to 64 layers and a positive tile are required", kernel);
+    if (nl < 1 || nl > DAGMM_MAX_LAYERS || tile < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: 1 to %d layers and a positive tile are required", kernel,
+                     DAGMM_MAX_LAYERS);
         return -1;
     }
     return 0;
@@ -144,7 +145,7 @@ PyObject *py_mlp_forward(PyObject *self, PyObject *args)
     Py_ssize_t n, tile, wide;
     int nl;
     float *work;
-    Layer L[64];
+    Layer L[DAGMM_MAX_LAYERS];
     (void)self;
     if (!PyArg_ParseTuple(args, "KnKKin", &xp, &n, &yp, &sp, &nl, &tile) ||
         check_layers("mlp_forward", nl, tile) < 0)
@@ -176,7 +177,7 @@ typedef struct {
 static inline void energy_rows(const float *lat, Py_ssize_t ldl, int nl_lat, const float *feat, Py_ssize_t rows,
                                const Mixture *g, double *out)
 {
-    double z[64], lp[64];
+    double z[DAGMM_MAX_Z], lp[DAGMM_MAX_K];
     for (Py_ssize_t r = 0; r < rows; r++) {
         for (int j = 0; j < nl_lat; j++)
             z[j] = lat[r * ldl + j];
@@ -227,7 +228,7 @@ PyObject *py_aegmm_energy(PyObject *self, PyObject *args)
     Py_ssize_t n, tile;
     int ne, nd, mode, k;
     double eps, log_eps;
-    Layer E[64], D[64];
+    Layer E[DAGMM_MAX_LAYERS], D[DAGMM_MAX_LAYERS];
     (void)self;
     if (!PyArg_ParseTuple(args, "KnKiKiiddKKKiKn", &xp, &n, &ep, &ne, &dp, &nd, &mode, &eps, &log_eps, &ptp, &offp,
                           &cp, &k, &op, &tile) ||
@@ -235,9 +236,10 @@ PyObject *py_aegmm_energy(PyObject *self, PyObject *args)
         return NULL;
     const int64_t *es = (const int64_t *)(uintptr_t)ep, *ds = (const int64_t *)(uintptr_t)dp;
     const int64_t lat = es[5 * (ne - 1) + 1];
-    if (ds[0] != lat || ds[5 * (nd - 1) + 1] != es[0] || lat + 2 > 64 || k < 1 || k > 64) {
-        PyErr_SetString(PyExc_ValueError, "aegmm_energy: the decoder must map the latent code (at most 62 wide) "
-                                          "back to the input width, with 1 to 64 components");
+    if (ds[0] != lat || ds[5 * (nd - 1) + 1] != es[0] || lat + 2 > DAGMM_MAX_Z || k < 1 || k > DAGMM_MAX_K) {
+        PyErr_Format(PyExc_ValueError, "aegmm_energy: the decoder must map the latent code (at most %d wide) "
+                                       "back to the input width, with 1 to %d components", DAGMM_MAX_Z - 2,
+                     DAGMM_MAX_K);
         return NULL;
     }
     const Py_ssize_t wide_e = describe_layers(es, ne, E), wide_d = describe_layers(ds, nd, D);

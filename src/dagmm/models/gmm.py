@@ -286,7 +286,8 @@ def energy_terms(phi: torch.Tensor, mu: torch.Tensor, prec_chol: torch.Tensor) -
     """``(P^T (K, D, D), P^T mu (K, D), c (K,))``: ``log phi_k N(z; mu_k, cov_k) = c_k - |P_k^T (z - mu_k)|^2 / 2``.
 
     ``P_k`` is the precision's Cholesky factor; ``c_k = log phi_k + log det P_k - D log(2 pi) / 2``.
-    Shared by :func:`sample_energy` and the C scoring kernel (:mod:`dagmm.accel.fused_mlp`).
+    Shared by :func:`sample_energy`, the C scoring kernel (:func:`dagmm.accel.energy_scorer`) and the ONNX
+    export (:func:`dagmm.export_onnx`).
     """
     d = mu.shape[1]
     prec_t = prec_chol.transpose(1, 2)  # (K, D, D): P_k^T
