@@ -83,7 +83,7 @@ def _pair_forward(x: torch.Tensor, r: torch.Tensor, first: str) -> tuple:
     diff = r - x  # (N, F)
     err = torch.linalg.vector_norm(diff, dim=1)  # ||x - x'||
     den = x_norm * r_norm
-    cos = torch.linalg.vecdot(x, r) / den.clamp_min(RECON_EPS)
+    cos = (x * r).sum(1) / den.clamp_min(RECON_EPS)  # not vecdot: ONNX has no operator for it
     if first == "relative":
         head = err / x_norm.clamp_min(RECON_EPS)
     else:
