@@ -93,7 +93,9 @@ def main(argv=None) -> int:
             order = ("old", "new") if r % 2 == 0 else ("new", "old")
             for task in tasks:
                 for tag in order:
-                    for metric, v in run(trees[tag], task, args, Path(tmp)).items():
+                    got = run(trees[tag], task, args, Path(tmp))
+                    print(json.dumps({"round": r, "tree": tag, "task": task, **got}), flush=True)
+                    for metric, v in got.items():
                         values[tag].setdefault(metric, []).append(v)
             line = ", ".join(f"{m}: {values['new'][m][-1] / values['old'][m][-1]:.3f}"
                              for m in values["new"] if m in values["old"] and len(values["old"][m]) == r + 1)

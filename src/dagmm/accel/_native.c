@@ -442,7 +442,7 @@ static PyObject *py_mixture_objective(PyObject *self, PyObject *args)
     return Py_BuildValue("ddNO", res.value, res.jitter, bad_list, res.finite ? Py_True : Py_False);
 }
 
-/* ---- reconstruction features (dagmm.models.features): per row of x and x' (both (N, F), contiguous) ----
+/* ---- reconstruction features (of dagmm.models.features), for _native_mlp.c and _native_train.c: per row of x and x' (both (N, F), contiguous) ----
    saved[i] = (||x||, ||x'||, ||x' - x||, ||x|| ||x'||, cos), float64, for the backward */
 
 #define ROW_SUMS(T)                                                                                                  \

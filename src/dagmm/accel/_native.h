@@ -28,7 +28,7 @@ enum { FEAT_RELATIVE = 0, FEAT_LOG_MSE = 1 };
    (ISO C mode keeps it off), so both clones round every operation alike; only the sums' order differs. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
 #define KERNEL __attribute__((target_clones("avx2", "default")))
-/* For the elementwise tanh kernels, whose tests bound the error rather than fix the rounding: the
+/* For the stack kernels (_native_mlp.c, _native_train.c), whose tests bound the error rather than fix the rounding: the
    x86-64-v3 level (AVX2 + FMA, chosen by a feature test at load) with multiply-adds fused, about
    0.75x the time of the AVX2 clone at 16384 x 60 (NOTES-speed.md, fifth pass). */
 #define KERNEL_FMA __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=fast")))

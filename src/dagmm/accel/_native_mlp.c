@@ -1,7 +1,8 @@
-/* A fully connected stack's forward pass in one call (inference), float32: dagmm.accel.fused_mlp.
+/* A fully connected stack's forward pass in one call (inference), float32: dagmm.accel.reconstructor and
+ * dagmm.accel.energy_scorer.
  *
- * Private: dagmm.accel.fused_mlp calls it through dagmm.accel.native with raw data addresses, after checking
- * device, dtype, shapes and contiguity, and keeps its torch code for everything else.
+ * Private: only dagmm.accel calls it, with raw data addresses, after its facade checked device, dtype,
+ * shapes and contiguity; everything else runs the modules of dagmm.models.
  *
  * Why: scoring a batch ran each layer as torch.mm over the whole batch, then a pass for the bias
  * and the activation.  For DAGMM's narrow layers (a 30 -> 10 product ran at a quarter of the
@@ -14,7 +15,7 @@
  *
  * Rounding: each output is the bias plus the products summed in input order, one rounding per
  * multiply-add in the x86-64-v3 clone (fused) and two in the baseline one; torch.addmm sums in
- * another order, so results agree to float32 rounding, not bit for bit (tests/test_fused.py).
+ * another order, so results agree to float32 rounding, not bit for bit (tests/test_native.py).
  * The tanh is tanh_f of _native.h, as in the training kernels.
  */
 #include "_native_block.h"
@@ -124,7 +125,7 @@ int check_layers(const char *kernel, int nl, Py_ssize_t tile)
 
 /* Whether the kernels below run as their x86-64-v3 (AVX2 + FMA) clone.  The baseline build of the
    8-float vectors is correct, but GCC lowers them for SSE2 into code about 17 times slower than
-   torch (benchmarks/results/NOTES-speed.md, sixth pass), so dagmm.accel.fused_mlp uses these kernels
+   torch (benchmarks/results/NOTES-speed.md, sixth pass), so dagmm.accel uses these kernels
    only when this is true. */
 PyObject *py_mlp_fast(PyObject *self, PyObject *args)
 {
@@ -164,8 +165,7 @@ PyObject *py_mlp_forward(PyObject *self, PyObject *args)
 
 /* ---- DAGMM's sample energy straight from the input rows (OutlierAEGMM.score) ----
  * Per tile: encoder -> latent, decoder -> x' (never written out), the reconstruction features by
- * recon_forward of _native.c (the very code of dagmm.models.features, so z is bit for bit what the module
- * path gives), then in float64 E(z) = -log sum_k exp(c_k - |P_k^T z - P_k^T mu_k|^2 / 2), the
+ * recon_forward of _native.c (the training kernels' code for the same features), then in float64 E(z) = -log sum_k exp(c_k - |P_k^T z - P_k^T mu_k|^2 / 2), the
  * formula of dagmm.models.gmm.sample_energy (c_k = log phi_k + log det P_k - d log(2 pi) / 2). */
 typedef struct {
     int k, d;

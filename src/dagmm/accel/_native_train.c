@@ -1,9 +1,9 @@
-/* DAGMM's auto-encoder in training, float32: dagmm.accel.train_step's loss runs its encoder, decoder and
- * reconstruction features forward in one call and backward in another.
+/* DAGMM's auto-encoder in training, float32: the one-node loss of dagmm.accel (_train.py) runs its encoder,
+ * decoder and reconstruction features forward in one call and backward in another.
  *
- * Private: dagmm.accel.train_step calls these through dagmm.accel.native with raw data addresses, after
- * checking device, dtype, shapes and contiguity (the same conditions as the inference kernel of
- * _native_mlp.c), and keeps its torch.mm path for everything else.
+ * Private: only dagmm.accel calls these, with raw data addresses, after its facade checked device, dtype,
+ * shapes and contiguity (the same conditions as the inference kernel of _native_mlp.c); everything else
+ * runs the modules of dagmm.models under autograd.
  *
  * Why: at batch 1024 each layer was torch.mm per direction plus a pass for the bias and tanh and
  * one for its gradient, each a dispatch and an OpenMP fork and join over both cores; the eight

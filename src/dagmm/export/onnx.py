@@ -33,7 +33,7 @@ from ..detectors.ae import OutlierAE, n_top_features
 from ..detectors.aegmm import OutlierAEGMM
 from ..detectors.base import NotFittedError
 from ..detectors.estimator import DAGMM
-from ..models.gmm import energy_terms
+from ..models.gmm import energy_terms, log_prob_from_terms
 from ..models.nets import AEGMMNet
 
 __all__ = ["export_onnx", "OPSET"]
@@ -74,20 +74,15 @@ class _EnergyGraph(nn.Module):
         super().__init__()
         self.model, self.scaling = model, scaling
         self.plain = type(model) is AEGMMNet  # encode skips the estimation network, as score does
-        k, d = mu.shape
-        prec_t, offset, const = energy_terms(phi.double().cpu(), mu.double().cpu(), prec_chol.double().cpu())
-        # z @ proj: column block k is P_k^T z, so one product serves every component
-        self.register_buffer("proj", prec_t.reshape(k * d, d).T.contiguous())  # (D, K*D)
-        self.register_buffer("offset", offset.reshape(k * d))  # (K*D,)
-        self.register_buffer("const", const)  # (K,)
-        self.k, self.d = k, d
+        terms = energy_terms(phi.double().cpu(), mu.double().cpu(), prec_chol.double().cpu())
+        for name, t in zip(("prec_t", "offset", "const"), terms):  # (K, D, D), (K, D), (K,)
+            self.register_buffer(name, t.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.scaling(x)
         z = self.model.encode(x)[1] if self.plain else self.model(x)[1]
-        diff = z.double() @ self.proj - self.offset  # (N, K*D)
-        maha = diff.reshape(-1, self.k, self.d).square().sum(2)  # (N, K)
-        return -torch.logsumexp(self.const - 0.5 * maha, dim=1)
+        # the formula of dagmm.models.gmm.sample_energy, its terms constants of the graph
+        return -torch.logsumexp(log_prob_from_terms(z.double().T, self.prec_t, self.offset, self.const), dim=0)
 
 
 class _ReconGraph(nn.Module):

@@ -273,12 +273,19 @@ def _log_prob_t(zt: torch.Tensor, phi: torch.Tensor, mu: torch.Tensor, prec_chol
     With K and D this small, sums and broadcasts over a short innermost axis
     cost several times the same arithmetic laid out this way.
     """
-    d = zt.shape[0]
-    k = prec_chol.shape[0]
-    prec_t, offset, const = energy_terms(phi, mu, prec_chol)
+    return log_prob_from_terms(zt, *energy_terms(phi, mu, prec_chol))
+
+
+def log_prob_from_terms(zt: torch.Tensor, prec_t: torch.Tensor, offset: torch.Tensor,
+                        const: torch.Tensor) -> torch.Tensor:
+    """``log phi_k N(z; mu_k, cov_k)`` laid out (K, N) for a (D, N) ``zt``, from :func:`energy_terms`.
+
+    The ONNX export (:func:`dagmm.export_onnx`) calls it with the terms precomputed as constants.
+    """
+    k, d = offset.shape
     # the P_k^T stacked form one (K*D, D) matrix: a single product serves every component
-    proj = torch.addmm(offset.view(k * d, 1), prec_t.reshape(k * d, d), zt.to(prec_chol.dtype), beta=-1.0)  # (K*D, N)
-    maha = proj.square().view(k, d, -1).sum(1)  # (K, N)
+    proj = torch.addmm(offset.reshape(k * d, 1), prec_t.reshape(k * d, d), zt.to(prec_t.dtype), beta=-1.0)  # (K*D, N)
+    maha = proj.square().reshape(k, d, -1).sum(1)  # (K, N)
     return const[:, None] - 0.5 * maha
 
 
