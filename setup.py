@@ -2,7 +2,7 @@
 
 The extension has no dependency beyond the C compiler and Python headers.  It is
 optional: where it cannot be compiled the install goes on without it and dagmm
-uses its pure-torch code paths (same results up to rounding; see ``dagmm.accel.native``).
+uses its pure-torch code paths (same results up to rounding; see ``dagmm.accel``).
 """
 
 from setuptools import Extension, setup
