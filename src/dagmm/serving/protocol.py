@@ -100,6 +100,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _object(value: Any, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be a JSON object.")
+    return value
+
+
 def _check_shape(shape: Any, where: str, max_rows: Optional[int]) -> tuple:
     if not isinstance(shape, list) or not all(_is_int(s) for s in shape):
         raise ProtocolError(f"{where}: 'shape' must be a list of integers, got {shape!r:.80}.")
@@ -113,19 +121,28 @@ def _check_shape(shape: Any, where: str, max_rows: Optional[int]) -> tuple:
     return tuple(shape)
 
 
-def _flatten(data: Any, where: str) -> list:
-    """Row-major elements of a flat or nested list (the protocol allows both)."""
+def _flatten(data: Any, shape: tuple, where: str) -> list:
+    """Row-major elements of flat or nested ``data`` (the protocol allows both); nested lists must match ``shape``."""
     if not isinstance(data, list):
         raise ProtocolError(f"{where}: 'data' must be a list, got {type(data).__name__}.")
     if not data or not isinstance(data[0], list):
         return data
+    mismatch = ProtocolError(f"{where}: nested 'data' does not have shape {list(shape)}; send lists of exactly "
+                             "those lengths, or one flat list.")
+    if len(data) != shape[0]:
+        raise mismatch
     flat: list = []
-    stack = [iter(data)]
+    stack = [(iter(data), 0)]
     while stack:  # iterative: a deeply nested body cannot exhaust the Python stack
-        for item in stack[-1]:
+        items, depth = stack[-1]
+        for item in items:
             if isinstance(item, list):
-                stack.append(iter(item))
+                if depth + 1 >= len(shape) or len(item) != shape[depth + 1]:
+                    raise mismatch
+                stack.append((iter(item), depth + 1))
                 break
+            if depth != len(shape) - 1:
+                raise mismatch
             flat.append(item)
         else:
             stack.pop()
@@ -133,7 +150,7 @@ def _flatten(data: Any, where: str) -> list:
 
 
 def _json_numbers(data: list, datatype: str, shape: tuple, n: int, where: str) -> np.ndarray:
-    flat = _flatten(data, where)
+    flat = _flatten(data, shape, where)
     if len(flat) != n:
         raise ProtocolError(f"{where}: shape {list(shape)} holds {n} elements but 'data' has {len(flat)}.")
     dtype = DTYPES[datatype]
@@ -161,7 +178,7 @@ def _json_numbers(data: list, datatype: str, shape: tuple, n: int, where: str) -
 
 
 def _json_strings(data: list, shape: tuple, n: int, where: str) -> np.ndarray:
-    flat = _flatten(data, where)
+    flat = _flatten(data, shape, where)
     if len(flat) != n:
         raise ProtocolError(f"{where}: shape {list(shape)} holds {n} elements but 'data' has {len(flat)}.")
     if not all(isinstance(v, str) for v in flat):
@@ -205,9 +222,7 @@ def _decode_input(spec: Any, index: int, binary: memoryview, offset: int,
         raise ProtocolError(f"{where}: unknown datatype {datatype!r:.40}; use one of {', '.join(_KNOWN)}.")
     shape = _check_shape(spec.get("shape"), where, max_rows)
     n = math.prod(shape)
-    params = spec.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise ProtocolError(f"{where}: 'parameters' must be a JSON object.")
+    params = _object(spec.get("parameters"), f"{where}: 'parameters'")
     size = params.get("binary_data_size")
     if size is None:
         if "data" not in spec:
@@ -242,9 +257,7 @@ def _decode_outputs(outputs: Any) -> Optional[dict]:
     for i, out in enumerate(outputs):
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
             raise ProtocolError(f"output {i}: each requested output must be an object with a string 'name'.")
-        params = out.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise ProtocolError(f"output {out['name']!r}: 'parameters' must be a JSON object.")
+        params = _object(out.get("parameters"), f"output {out['name']!r}: 'parameters'")
         binary = params.get("binary_data", None)
         if binary is not None and not isinstance(binary, bool):
             raise ProtocolError(f"output {out['name']!r}: parameters.binary_data must be true or false.")
@@ -259,9 +272,7 @@ def decode_request(obj: Any, binary: memoryview = memoryview(b""), max_rows: Opt
     inputs = obj.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError("The request has no 'inputs': send a non-empty list of input tensors.")
-    parameters = obj.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise ProtocolError("'parameters' must be a JSON object.")
+    parameters = _object(obj.get("parameters"), "'parameters'")
     request_id = obj.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError("'id' must be a string.")
@@ -297,7 +308,7 @@ def parse_request(body: Any, header_length: Optional[str] = None, max_rows: Opti
         head, binary = view[:size], view[size:]
     try:
         obj = loads(head)
-    except (ValueError, TypeError) as err:  # orjson and json both raise ValueError subclasses
+    except (ValueError, TypeError, RecursionError) as err:  # orjson's and json's errors are ValueErrors
         raise ProtocolError(f"The request is not valid JSON: {err}") from None
     return decode_request(obj, binary, max_rows)
 

@@ -98,15 +98,20 @@ def _config(app, log_level: str):
                           server_header=False, lifespan="off")
 
 
-def _run_uvicorn(app, sock: socket.socket, log_level: str) -> None:
-    """Serve on ``sock`` until SIGTERM/SIGINT; returns after the drain."""
+def _uvicorn_server(app, log_level: str):
+    """A uvicorn server whose SIGTERM/SIGINT drain it, from now on (also before it runs)."""
     import uvicorn
 
-    # uvicorn re-raises the signal it stopped on, under the handler it found: let that be a no-op,
-    # so a drained server returns and exits 0 instead of dying of SIGTERM.
+    server = uvicorn.Server(_config(app, log_level))
+
+    def stop(*_args) -> None:
+        server.should_exit = True  # a server told to stop before it runs starts, then drains at once
+
+    # uvicorn puts back the handler it found and re-raises the signal it stopped on: with this one
+    # that is harmless, so a drained server returns (exit 0) instead of dying of SIGTERM.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    uvicorn.Server(_config(app, log_level)).run(sockets=[sock])
+        signal.signal(sig, stop)
+    return server
 
 
 def _set_threads(workers: int) -> None:
@@ -129,9 +134,9 @@ def _worker(settings: ServeSettings, sock: socket.socket, ready, workers: int, l
     os.setpgid(0, 0)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="dagmm-parent-watch").start()
     _set_threads(workers)
-    app = create_app(settings)
+    server = _uvicorn_server(create_app(settings), log_level)
     ready.set()
-    _run_uvicorn(app, sock, log_level)
+    server.run(sockets=[sock])
 
 
 class _Supervisor:
@@ -256,9 +261,9 @@ def serve(model_dirs: Sequence[str], host: str = "127.0.0.1", port: int = 8080, 
 
     try:
         if workers == 1:
-            app = create_app(settings)
+            server = _uvicorn_server(create_app(settings), log_level)
             on_ready()
-            _run_uvicorn(app, sock, log_level)
+            server.run(sockets=[sock])
             _say("stopped")
             return 0
         with tempfile.TemporaryDirectory(prefix="dagmm-metrics-") as metrics_dir:
