@@ -193,6 +193,7 @@ class _Supervisor:
             multiprocess.mark_process_dead(pid)
 
     def _shutdown(self, slots) -> int:
+        self.sock.close()  # the workers' copies close as they drain; then new connections are refused
         for proc, _, _ in slots:
             if proc.exitcode is None:
                 proc.terminate()  # SIGTERM: the worker drains
