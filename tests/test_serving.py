@@ -155,6 +155,28 @@ def test_tritonclient_equals_in_process_predict(triton, models, binary):
     _same_flags(r.as_numpy("is_outlier"), ref["instance_score"], aegmm.threshold)
 
 
+def test_concurrent_clients_each_get_their_own_scores(server, models):
+    # sixteen clients at once: the server batches what waits; every client must get its own rows' scores
+    from concurrent.futures import ThreadPoolExecutor
+
+    X = models["X"]
+    aegmm = dagmm.load_detector(models["dirs"][0])
+    chunks = [X[i * 30:(i + 1) * 30 + i] for i in range(16)]  # different sizes, 30 to 45 rows
+
+    def call(x):
+        client = th.InferenceServerClient(server.host_port, network_timeout=60)
+        try:
+            return [_infer_triton(client, "aegmm", x, True).as_numpy("instance_score") for _ in range(3)]
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(call, chunks))
+    for x, got in zip(chunks, results):
+        for scores in got:
+            _close(scores, aegmm.predict(x)["data"]["instance_score"])
+
+
 def test_table_model_equals_dagmm_score(http, triton, models, tmp_path):
     df = models["table"].iloc[:120]
     df.to_csv(tmp_path / "part.csv", index=False)

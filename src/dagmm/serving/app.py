@@ -29,6 +29,8 @@ __all__ = ["ServeSettings", "create_app", "require_extra"]
 
 log = logging.getLogger("dagmm.serving")
 HEADER_LENGTH = "inference-header-content-length"
+#: Requests up to this size are decoded and encoded on the event loop; larger ones in a worker thread.
+INLINE_BODY_BYTES = 256 * 2**10
 
 
 def require_extra(module: str, extra: str = "serve"):
@@ -108,6 +110,7 @@ def create_app(settings: "ServeSettings", models: Optional[dict] = None):
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 
+    from .batching import Batcher
     from .metrics import UNKNOWN_MODEL, Metrics
 
     models = _load_models(settings.model_dirs) if models is None else models
@@ -198,13 +201,23 @@ def create_app(settings: "ServeSettings", models: Optional[dict] = None):
         authorize(request)
         return json_response({"name": name, "ready": model_for(name, version) is not None})
 
-    def run_inference(model, body: bytearray, header_length: Optional[str]):
+    batchers = {name: Batcher(model) for name, model in models.items()}
+
+    def decode(model, body: bytearray, header_length: Optional[str]):
         request = parse_request(body, header_length, settings.max_rows)
-        outputs, meta, rows = model.infer(request)
+        X, opts = model.prepare(request)
+        return request, X, opts
+
+    def encode(model, request, data: dict, opts: dict):
+        outputs = model.outputs(data, opts)
         asked = request.outputs or {}
         binary = [n for n, _, _ in outputs if (asked.get(n) if asked.get(n) is not None else request.binary_output)]
-        payload, json_size = encode_response(model.name, model.version, request.id, meta, outputs, binary)
-        return payload, json_size, rows
+        return encode_response(model.name, model.version, request.id, model.response_parameters, outputs, binary)
+
+    async def off_loop_if_large(small: bool, fn, *args):
+        # a small request takes a few ms on the loop; a large one holds the CPU longer, so it goes
+        # to a thread and health probes stay quick
+        return fn(*args) if small else await run_in_threadpool(fn, *args)
 
     async def infer(request: Request, name: str, version: Optional[str] = None):
         start = time.perf_counter()
@@ -214,10 +227,11 @@ def create_app(settings: "ServeSettings", models: Optional[dict] = None):
             model = model_for(name, version)
             label = model.name
             body = await read_body(request)
-            # parsing, scoring and encoding hold the CPU: off the event loop, so probes stay quick
-            payload, json_size, rows = await run_in_threadpool(
-                run_inference, model, body, request.headers.get(HEADER_LENGTH))
-            status = 200
+            small = len(body) <= INLINE_BODY_BYTES
+            req, X, opts = await off_loop_if_large(small, decode, model, body, request.headers.get(HEADER_LENGTH))
+            data = await batchers[model.name].score(X, opts)  # scoring itself always runs in a thread
+            payload, json_size = await off_loop_if_large(small, encode, model, req, data, opts)
+            rows, status = int(X.shape[0]), 200
         except _Failure as exc:
             status = exc.status
             raise

@@ -220,25 +220,45 @@ class ServedModel:
         return opts
 
     # ------------------------------------------------------------- predict
-    def infer(self, request: InferRequest) -> tuple[list, dict, int]:
-        """Run one request: ``([(name, datatype, array)], response parameters, rows scored)``.
-
-        Bad input raises :class:`ProtocolError`; the detector's own ValueError
-        and TypeError (NaN, values too large, ...) become one too.
-        """
+    def prepare(self, request: InferRequest) -> tuple[np.ndarray, dict]:
+        """The detector's input rows and the options of one request; bad input raises :class:`ProtocolError`."""
         opts = self._options(request.parameters, request.outputs)
         try:
             X = self._array_input(request.inputs) if self.preprocessor is None else self._table_input(request.inputs)
-            with self._lock:
-                data = self._predict(X, opts)
         except ProtocolError:
             raise
+        except (ValueError, TypeError) as err:  # the preprocessing's own checks (NaN in a column, ...)
+            raise ProtocolError(str(err)) from None
+        return X, opts
+
+    def run(self, X: np.ndarray, opts: dict) -> dict:
+        """Score rows: the ``data`` dict of ``predict`` (arrays of len(X) rows, or None).
+
+        The detector's ValueError and TypeError (NaN, values too large, ...) become a :class:`ProtocolError`.
+        """
+        try:
+            with self._lock:
+                return self._predict(X, opts)
         except (ValueError, TypeError) as err:
             raise ProtocolError(str(err)) from None
+
+    def outputs(self, data: dict, opts: dict) -> list:
+        """``[(name, datatype, array)]`` of the outputs the request asked for."""
         types = {o["name"]: o["datatype"] for o in self.output_specs()}
-        outputs = [(n, types[n], data[n]) for n in opts["outputs"]]
-        meta = {k: v for k, v in self.meta.items() if v is not None}
-        return outputs, meta, int(X.shape[0])
+        return [(n, types[n], data[n]) for n in opts["outputs"]]
+
+    @property
+    def response_parameters(self) -> dict:
+        """The detector's meta, as the response's ``parameters`` (None values left out)."""
+        return {k: v for k, v in self.meta.items() if v is not None}
+
+    def infer(self, request: InferRequest) -> tuple[list, dict, int]:
+        """Run one request: ``([(name, datatype, array)], response parameters, rows scored)``.
+
+        Bad input raises :class:`ProtocolError`.
+        """
+        X, opts = self.prepare(request)
+        return self.outputs(self.run(X, opts), opts), self.response_parameters, int(X.shape[0])
 
     def _predict(self, X: np.ndarray, opts: dict) -> dict:
         want, threshold = set(opts["outputs"]), opts["threshold"]
