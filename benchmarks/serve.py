@@ -156,12 +156,12 @@ def _git_commit() -> str:
 
 
 def _markdown(res: dict) -> str:
-    lines = [f"# `dagmm serve` under load (`benchmarks/serve.py`)", "",
+    lines = ["# `dagmm serve` under load (`benchmarks/serve.py`)", "",
              f"Command: `{res['command']}`  ",
-             f"Commit {res['commit']}, {res['machine']}, torch {res['torch']}, {res['cores']} cores; "
-             f"load average {res['load_before']} before, {res['load_after']} after.  ",
-             f"Model: OutlierAEGMM, {WIDTH} features, served by `dagmm serve {' '.join(res['serve_args'])}` "
-             "(one process); clients are threads on the same machine, bodies encoded up front.", "",
+             (f"Commit {res['commit']}, {res['machine']}, torch {res['torch']}, {res['cores']} cores; "
+              f"load average {res['load_before']} before, {res['load_after']} after.  "),
+             (f"Model: OutlierAEGMM, {WIDTH} features, served by `dagmm serve {' '.join(res['serve_args'])}` "
+              "(one process); clients are threads on the same machine, bodies encoded up front."), "",
              "| mode | rows/request | clients | requests | p50 ms | p99 ms | rows/s | vs in-process |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     base = {r["rows"]: r for r in res["in_process"]}

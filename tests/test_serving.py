@@ -23,13 +23,13 @@ for _module, _why in (("fastapi", "the serve extra"), ("uvicorn", "the serve ext
                       ("tritonclient.http", "a test dependency")):
     pytest.importorskip(_module, reason=f"{_module} ({_why}) is not installed: pip install '.[test]'")
 
-import httpx  # noqa: E402
-import tritonclient.http as th  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+import httpx
+import tritonclient.http as th
+from prometheus_client.parser import text_string_to_metric_families
 
-import dagmm  # noqa: E402
-from dagmm.cli import main as cli_main  # noqa: E402
-from dagmm.serving import ServerProcess  # noqa: E402
+import dagmm
+from dagmm.cli import main as cli_main
+from dagmm.serving import ServerProcess
 
 N_FEATURES = 6
 # The server runs the same detector code as this process, with the same thread count, but float32
@@ -95,8 +95,8 @@ def _infer_triton(client, model, X, binary, outputs=None, parameters=None, heade
     inp = th.InferInput("input", list(X.shape), "FP32")
     inp.set_data_from_numpy(X, binary_data=binary)
     outs = None if outputs is None else [th.InferRequestedOutput(n, binary_data=binary) for n in outputs]
-    # a copy: tritonclient adds its own headers to the dict it is given
-    return client.infer(model, [inp], outputs=outs, parameters=parameters, headers=None if headers is None else dict(headers))
+    headers = None if headers is None else dict(headers)  # a copy: tritonclient adds its own headers to it
+    return client.infer(model, [inp], outputs=outs, parameters=parameters, headers=headers)
 
 
 def _json_input(X, name="input", datatype="FP32"):
@@ -439,7 +439,8 @@ def test_api_key(workers_server, models):
     client = th.InferenceServerClient(workers_server.host_port)
     try:
         r = _infer_triton(client, "ae", X, True, headers=AUTH)
-        _close(r.as_numpy("instance_score"), dagmm.load_detector(models["dirs"][1]).predict(X)["data"]["instance_score"])
+        ref = dagmm.load_detector(models["dirs"][1]).predict(X)["data"]["instance_score"]
+        _close(r.as_numpy("instance_score"), ref)
         with pytest.raises(th.InferenceServerException, match="API key"):
             _infer_triton(client, "ae", X, True)
     finally:
@@ -506,7 +507,8 @@ def _read_response(sock) -> bytes:
             break
         data += chunk
         head, _, rest = data.partition(b"\r\n\r\n")
-        length = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+        length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length")]
         if length and len(rest) >= length[0]:
             break
     return data
@@ -515,7 +517,7 @@ def _read_response(sock) -> bytes:
 def _raw_request_in_flight(port: int, body: bytes, path: str = "/v2/models/ae/infer", headers: str = ""):
     """A connection proven served once, then a request whose body is only half sent."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    probe = (f"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n").encode()
+    probe = ("GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n").encode()
     sock.sendall(probe)
     assert _read_response(sock).startswith(b"HTTP/1.1 200")
     head = (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{headers}"

@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("starlette", reason="starlette comes with fastapi (the serve extra): pip install '.[test]'")
 
-from dagmm.serving.batching import Batcher  # noqa: E402
-from dagmm.serving.protocol import ProtocolError  # noqa: E402
+from dagmm.serving.batching import Batcher
+from dagmm.serving.protocol import ProtocolError
 
 
 class RecordingModel:

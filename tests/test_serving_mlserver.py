@@ -14,13 +14,13 @@ import pytest
 
 pytest.importorskip("mlserver", reason="MLServer is an optional extra: pip install '.[mlserver]' (or '.[test]')")
 
-from mlserver.errors import MLServerError  # noqa: E402
-from mlserver.settings import ModelSettings  # noqa: E402
-from mlserver.types import InferenceRequest, RequestInput, RequestOutput  # noqa: E402
+from mlserver.errors import MLServerError
+from mlserver.settings import ModelSettings
+from mlserver.types import InferenceRequest, RequestInput, RequestOutput
 
-import dagmm  # noqa: E402
-from dagmm.cli import main as cli_main  # noqa: E402
-from dagmm.serving.mlserver import DagmmRuntime  # noqa: E402
+import dagmm
+from dagmm.cli import main as cli_main
+from dagmm.serving.mlserver import DagmmRuntime
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
 RTOL = 1e-5  # scores from another batch split may differ by float32 rounding
@@ -76,9 +76,11 @@ def test_runtime_equals_predict_and_takes_default_parameters(dirs):
 def test_runtime_table_model_equals_dagmm_score(dirs, tmp_path):
     df = dirs["df"].iloc[:40]
     df.to_csv(tmp_path / "p.csv", index=False)
-    assert cli_main(["score", str(dirs["root"] / "tab"), str(tmp_path / "p.csv"), "--out", str(tmp_path / "s.csv")]) == 0
+    out_csv = tmp_path / "s.csv"
+    assert cli_main(["score", str(dirs["root"] / "tab"), str(tmp_path / "p.csv"), "--out", str(out_csv)]) == 0
     scored = pd.read_csv(tmp_path / "s.csv")
-    runtime = _runtime({"name": "tab", "implementation": DagmmRuntime, "parameters": {"uri": str(dirs["root"] / "tab")}})
+    runtime = _runtime({"name": "tab", "implementation": DagmmRuntime,
+                        "parameters": {"uri": str(dirs["root"] / "tab")}})
     _, out = _predict(runtime, [RequestInput(name="x", shape=[40], datatype="FP64", data=df["x"].tolist()),
                                 RequestInput(name="kind", shape=[40], datatype="BYTES", data=df["kind"].tolist())])
     np.testing.assert_allclose(out["instance_score"], scored["score"].to_numpy(), rtol=RTOL)

@@ -11,7 +11,7 @@ import pytest
 from dagmm.serving.protocol import ProtocolError, encode_response, parse_request
 
 th = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a test dependency (pip install '.[test]')")
-from tritonclient.http._utils import _get_inference_request  # noqa: E402  the client's own request encoder
+from tritonclient.http._utils import _get_inference_request
 
 CASES = [("FP32", np.float32), ("FP64", np.float64), ("INT64", np.int64), ("INT32", np.int32),
          ("UINT8", np.uint8), ("FP16", np.float16), ("BOOL", np.bool_), ("BYTES", np.object_)]

@@ -197,7 +197,8 @@ class ServedModel:
             opts["threshold"] = float(value)
         is_ae = self.kind == "OutlierAE"
         if not is_ae:
-            for key, default in (("outlier_type", "instance"), ("outlier_perc", 100.0), ("return_feature_score", False)):
+            ae_only = (("outlier_type", "instance"), ("outlier_perc", 100.0), ("return_feature_score", False))
+            for key, default in ae_only:
                 if opts[key] != default:
                     raise ProtocolError(f"parameters.{key} applies to OutlierAE only; this model is {self.kind}.")
         names = {o["name"] for o in self.output_specs()}

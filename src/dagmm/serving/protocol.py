@@ -265,8 +265,9 @@ def _decode_outputs(outputs: Any) -> Optional[dict]:
     return asked
 
 
-def decode_request(obj: Any, binary: memoryview = memoryview(b""), max_rows: Optional[int] = None) -> InferRequest:
+def decode_request(obj: Any, binary: Optional[memoryview] = None, max_rows: Optional[int] = None) -> InferRequest:
     """Check and decode a parsed request (``obj``) whose binary tensors are in ``binary``."""
+    binary = memoryview(b"") if binary is None else binary
     if not isinstance(obj, dict):
         raise ProtocolError("The request body must be a JSON object with an 'inputs' list.")
     inputs = obj.get("inputs")
@@ -302,7 +303,8 @@ def parse_request(body: Any, header_length: Optional[str] = None, max_rows: Opti
         try:
             size = int(header_length)
         except ValueError:
-            raise ProtocolError(f"Inference-Header-Content-Length must be an integer, got {header_length!r:.40}.")
+            raise ProtocolError(f"Inference-Header-Content-Length must be an integer, got {header_length!r:.40}.") \
+                from None
         if not 0 <= size <= len(view):
             raise ProtocolError(f"Inference-Header-Content-Length is {size} but the body has {len(view)} bytes.")
         head, binary = view[:size], view[size:]
@@ -324,8 +326,8 @@ def _binary_bytes(datatype: str, arr: np.ndarray) -> bytes:
     return np.ascontiguousarray(arr, dtype=DTYPES[datatype]).tobytes()
 
 
-def encode_response(model_name: str, model_version: Optional[str], request_id: Optional[str],
-                    parameters: dict, outputs: Sequence[tuple], binary: Iterable[str] = ()) -> tuple[bytes, Optional[int]]:
+def encode_response(model_name: str, model_version: Optional[str], request_id: Optional[str], parameters: dict,
+                    outputs: Sequence[tuple], binary: Iterable[str] = ()) -> tuple[bytes, Optional[int]]:
     """The response body and, when any output is binary, the JSON header's length.
 
     ``outputs`` holds ``(name, datatype, array)``; outputs named in ``binary``
