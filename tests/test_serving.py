@@ -155,6 +155,16 @@ def test_tritonclient_equals_in_process_predict(triton, models, binary):
     _same_flags(r.as_numpy("is_outlier"), ref["instance_score"], aegmm.threshold)
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(triton, models, algorithm):
+    X = models["X"][:40]
+    inp = th.InferInput("input", list(X.shape), "FP32")
+    inp.set_data_from_numpy(X)
+    r = triton.infer("aegmm", [inp], request_compression_algorithm=algorithm,
+                     response_compression_algorithm=algorithm)  # asked for; an uncompressed answer is allowed
+    _close(r.as_numpy("instance_score"), dagmm.load_detector(models["dirs"][0]).predict(X)["data"]["instance_score"])
+
+
 def test_concurrent_clients_each_get_their_own_scores(server, models):
     # sixteen clients at once: the server batches what waits; every client must get its own rows' scores
     from concurrent.futures import ThreadPoolExecutor
