@@ -242,6 +242,14 @@ def cmd_info(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- serve
+def cmd_serve(args) -> int:
+    from .serving import serve
+
+    return serve(args.models, host=args.host, port=args.port, workers=args.workers, api_key_file=args.api_key_file,
+                 max_rows=args.max_rows, max_body_mb=args.max_body_mb, log_level=args.log_level)
+
+
 # --------------------------------------------------------------------- bench
 _BENCH_SCRIPTS = {"paper": "paper_table.py", "speed": "speed.py", "defaults": "defaults.py"}
 
