@@ -140,7 +140,7 @@ def test_docs_manifests_parse_and_name_the_command():
     assert set(kinds) == {"Model", "InferenceService"}
     container = kinds["InferenceService"]["spec"]["predictor"]["containers"][0]
     assert container["command"][:2] == ["dagmm", "serve"]
-    from dagmm.cli import _parser
+    from dagmm.cli.main import _parser
 
     args = _parser().parse_args(container["command"][1:])  # the documented command line parses
     assert args.port == 8080 and args.workers == 2 and args.models == ["/mnt/models/kdd"]

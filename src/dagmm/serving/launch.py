@@ -76,9 +76,10 @@ class ServerProcess:
                                      env=self.env, start_new_session=True)
         threading.Thread(target=self._read, daemon=True, name="dagmm-serve-log").start()
         if not self._ready.wait(self.timeout) or self.url is None:
+            code = self.proc.poll()
             self.stop(timeout=5)
-            raise RuntimeError(f"dagmm serve did not become ready within {self.timeout:.0f} s; its log:\n"
-                               + "\n".join(self.log[-30:]))
+            what = f"exited with code {code}" if code is not None else f"did not become ready within {self.timeout:.0f} s"
+            raise RuntimeError(f"dagmm serve {what}; its log:\n" + "\n".join(self.log[-30:]))
         return self
 
     def send(self, sig: int = signal.SIGTERM) -> None:

@@ -41,9 +41,9 @@ def _is_number(value: Any) -> bool:
 
 def _table_loader():
     # The loader and preprocessing of `dagmm score`; one implementation for both.
-    from ..commands import PREPROCESSING, _load_model
+    from ..tables.model import PREPROCESSING, load_table_model
 
-    return PREPROCESSING, _load_model
+    return PREPROCESSING, load_table_model
 
 
 class ServedModel:
