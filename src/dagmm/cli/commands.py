@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-PREPROCESSING = "preprocessing.json"
-DETECTOR = "detector"
+from ..tables.model import DETECTOR, PREPROCESSING
+from ..tables.model import load_table_model as _load_model
 
 
 def _instance_scores(od: Any, X: np.ndarray) -> np.ndarray:
@@ -112,25 +112,6 @@ def cmd_fit(args) -> int:
 
 
 # --------------------------------------------------------------------- score
-def _load_model(model_dir: str):
-    import dagmm
-    from ..tables.preprocess import TabularPreprocessor
-
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise FileNotFoundError(f"No model directory at {model_dir}")
-    settings_file = path / PREPROCESSING
-    if not settings_file.is_file():
-        raise FileNotFoundError(f"{model_dir} has no {PREPROCESSING}: it was not written by `dagmm fit`.")
-    with open(settings_file, encoding="utf-8") as fh:
-        settings = json.load(fh)
-    pre = TabularPreprocessor.from_dict(settings["preprocessor"])
-    od = dagmm.load_detector(str(path / DETECTOR))
-    if od.threshold is None:
-        raise ValueError(f"The detector in {model_dir} has no threshold.")
-    return od, pre, settings
-
-
 def _score_chunks(od, pre, data: str, chunk_rows: int, extra_column=None):
     from ..tables.tableio import iter_table
 
@@ -267,6 +248,14 @@ def cmd_export(args) -> int:
               "standardised as `dagmm score` does; listed in the model's metadata as dagmm.input_columns); "
               "the detector's own scaling is inside the graph.")
     return 0
+
+
+# --------------------------------------------------------------------- serve
+def cmd_serve(args) -> int:
+    from ..serving import serve
+
+    return serve(args.models, host=args.host, port=args.port, workers=args.workers, api_key_file=args.api_key_file,
+                 max_rows=args.max_rows, max_body_mb=args.max_body_mb, log_level=args.log_level)
 
 
 # --------------------------------------------------------------------- bench

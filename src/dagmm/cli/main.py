@@ -85,6 +85,20 @@ def _parser() -> argparse.ArgumentParser:
                         help="OutlierAE: percentage of the worst features averaged per row (default 100)")
     _add_common(export)
 
+    serve = sub.add_parser("serve", help="serve detector directories over the Open Inference Protocol (REST)")
+    serve.add_argument("models", nargs="+", metavar="DIR", help="directories from `dagmm fit` or save_detector; "
+                       "each model is named after its directory")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, loopback only)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1); dead ones are replaced")
+    serve.add_argument("--api-key-file", help="file holding a token that requests must send as 'Authorization: "
+                       "Bearer <token>'")
+    serve.add_argument("--max-rows", type=int, default=100_000, help="most rows per request (default 100000)")
+    serve.add_argument("--max-body-mb", type=float, default=64, help="largest request body in MiB (default 64)")
+    serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                       help="server log level (default warning)")
+    _add_common(serve)
+
     bench = sub.add_parser("bench", help="run a benchmark from a source checkout: paper or speed")
     bench.add_argument("which", choices=["paper", "speed", "defaults"], help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark script")
