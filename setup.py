@@ -2,7 +2,7 @@
 
 The extension has no dependency beyond the C compiler and Python headers.  It is
 optional: where it cannot be compiled the install goes on without it and dagmm
-uses its pure-torch code paths (same results up to rounding; see ``dagmm.accel.native``).
+uses its pure-torch code paths (same results up to rounding; see ``dagmm.accel``).
 """
 
 from setuptools import Extension, setup
@@ -11,7 +11,7 @@ setup(
     ext_modules=[
         Extension(
             "dagmm.accel._native",
-            sources=["src/dagmm/accel/_native.c", "src/dagmm/accel/_native_act.c", "src/dagmm/accel/_native_head.c",
+            sources=["src/dagmm/accel/_native.c", "src/dagmm/accel/_native_adam.c", "src/dagmm/accel/_native_head.c",
                      "src/dagmm/accel/_native_mlp.c", "src/dagmm/accel/_native_train.c"],
             depends=["src/dagmm/accel/_native.h", "src/dagmm/accel/_native_block.h"],
             # -fopenmp-simd: only the "omp simd" loop hints (vectorised sums), no OpenMP runtime;

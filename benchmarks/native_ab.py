@@ -1,18 +1,15 @@
-"""The training step with the C kernels of ``dagmm.accel.native`` against the torch code, in one process.
+"""The training step with the C kernels of ``dagmm.accel`` against the plain torch code, in one process.
 
 Builds the paper's KDDCUP network (120 inputs), then alternates rounds of
 training steps (batch 1024, the default Adam, random rows of a synthetic array) in
-four ways, so all see the same moments of a host whose speed drifts:
-``torch`` (``dagmm.accel.native.enabled`` off: the modules and losses in torch
-code, torch's fused Adam), ``native`` (the modules and ``loss_aegmm`` with
-the kernels on), ``one node, torch.mm layers`` (:func:`dagmm.accel.train_step.aegmm_loss`
-with each layer a ``torch.mm`` per direction, as before the training kernels
-of ``dagmm/accel/_native_train.c``) and ``one node`` (what ``OutlierAEGMM.fit``
-uses: the auto-encoder in two C calls, inside
-:func:`dagmm.accel.train_step.kernel_threads`).  With the kernels on, the optimizer
-step is the C Adam step of :class:`dagmm.training.loop.LeanAdam`.  Prints ms per
-step for each round, the median of the per-round ratios to ``torch``, and
-the ATen operations per step of each (counted with a ``TorchDispatchMode``).
+two ways, so both see the same moments of a host whose speed drifts:
+``torch`` (``dagmm.accel.enabled`` off: the modules of ``dagmm.models`` and
+``loss_aegmm``, torch's fused Adam) and ``one node`` (what ``OutlierAEGMM.fit``
+uses: :func:`dagmm.accel.aegmm_loss`, the whole loss as one autograd node on
+the C kernels, inside :func:`dagmm.accel.kernel_threads`, and the C Adam step of
+:class:`dagmm.training.loop.LeanAdam`).  Prints ms per step for each round, the
+median of the per-round ratios to ``torch``, and the ATen operations per step of
+each (counted with a ``TorchDispatchMode``).
 
 With ``--score`` it compares ``OutlierAEGMM.score`` instead (``--score-rows``
 synthetic rows, the default batch size and threads), kernels off against on
@@ -31,10 +28,8 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dagmm import OutlierAEGMM
-from dagmm.accel import fused_mlp, native
+from dagmm import OutlierAEGMM, accel
 from dagmm.models.losses import loss_aegmm
-from dagmm.accel.train_step import aegmm_loss, kernel_threads
 from dagmm.training.loop import default_adam
 
 
@@ -55,8 +50,9 @@ def main(argv=None) -> int:
     ap.add_argument("--score", action="store_true", help="compare OutlierAEGMM.score instead of training steps")
     ap.add_argument("--score-rows", type=int, default=1_000_000, help="rows scored per round and setting")
     args = ap.parse_args(argv)
-    if not native.available():
-        raise SystemExit("dagmm.accel._native was not built (no C compiler at install): nothing to compare")
+    if not accel.fast():
+        raise SystemExit("the C kernels were not built, or not as their AVX2 + FMA clone (dagmm.accel.fast() is "
+                         "False): nothing to compare")
     rng = np.random.default_rng(0)
     if args.score:
         return score_ab(rng, args)
@@ -65,19 +61,16 @@ def main(argv=None) -> int:
     model = od.aegmm.train()
     opt = default_adam(model.parameters(), 1e-4)
 
-    train_net = fused_mlp.train_net
-
-    def steps(n: int, one_node: bool, layer_kernels: bool = True) -> float:
+    def steps(n: int, one_node: bool) -> float:
         # as OutlierAEGMM.fit trains: inside kernel_threads (torch single-threaded while the layer kernels
-        # run, they split the rows over torch's thread count); without the layer kernels it changes nothing
-        fused_mlp.train_net = train_net if layer_kernels else (lambda *a: None)
+        # run, they split the rows over torch's thread count); without the kernels it changes nothing
         perm = torch.randperm(X.shape[0])
-        with kernel_threads():
+        with accel.kernel_threads():
             t0 = time.perf_counter()
             for s in range(n):
                 xb = X.index_select(0, perm[s * 1024:(s + 1) * 1024])
                 if one_node:
-                    loss, _ = aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005)
+                    loss, _ = accel.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005)
                 else:
                     x_recon, z, gamma = model(xb)
                     loss = loss_aegmm(xb, x_recon, z, gamma, w_energy=0.1, w_cov_diag=0.005)
@@ -85,25 +78,23 @@ def main(argv=None) -> int:
                 loss.backward()
                 opt.step()
             seconds = time.perf_counter() - t0
-        fused_mlp.train_net = train_net
         return seconds / n * 1e3
 
-    variants = {"torch": (False, False), "native": (True, False), "one node, torch.mm layers": (True, True, False),
-                "one node": (True, True)}
+    variants = {"torch": False, "one node": True}
     times: dict[str, list[float]] = {name: [] for name in variants}
     ops = {}
-    for name, (kernels, *how) in variants.items():
-        native.enabled = kernels
-        steps(5, *how)  # warm-up
+    for name, on in variants.items():
+        accel.enabled = on
+        steps(5, on)  # warm-up
         with _Count() as count:
-            steps(2, *how)
+            steps(2, on)
         ops[name] = count.n / 2
     for r in range(args.rounds):
-        for name, (kernels, *how) in variants.items():
-            native.enabled = kernels
-            times[name].append(steps(args.steps, *how))
+        for name, on in variants.items():
+            accel.enabled = on
+            times[name].append(steps(args.steps, on))
         print(f"round {r}: " + ", ".join(f"{name} {v[-1]:.2f} ms" for name, v in times.items()), flush=True)
-    native.enabled = True
+    accel.enabled = True
     _table(["ms/step (min)", "ms/step (median)", "ATen ops/step"],
            {name: [f"{min(v):.2f}", f"{statistics.median(v):.2f}", f"{ops[name]:.0f}",
                    _against(v, times["torch"], higher_is_faster=False)] for name, v in times.items()})
@@ -132,7 +123,7 @@ def score_ab(rng: np.random.Generator, args) -> int:
     rates: dict[str, list[float]] = {"torch": [], "native": []}
     for r in range(args.rounds + 1):  # round 0 warms up and is not reported
         for name in rates:
-            native.enabled = name == "native"
+            accel.enabled = name == "native"
             t0 = time.perf_counter()
             od.score(X)
             if r:
@@ -140,7 +131,7 @@ def score_ab(rng: np.random.Generator, args) -> int:
         if r:
             line = ", ".join(f"{k} {v[-1] / 1e6:.2f} M rows/s" for k, v in rates.items())
             print(f"round {r - 1}: {line}", flush=True)
-    native.enabled = True
+    accel.enabled = True
     _table(["M rows/s (max)", "M rows/s (median)"],
            {name: [f"{max(v) / 1e6:.2f}", f"{statistics.median(v) / 1e6:.2f}",
                    _against(v, rates["torch"], higher_is_faster=True)] for name, v in rates.items()})

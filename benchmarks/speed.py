@@ -176,7 +176,7 @@ def time_fit(od, X: np.ndarray, epochs: int, batch_size: int, limit_s: Callable[
 
     def at_epoch_end(epoch, logs):
         stamps.append(time.perf_counter())
-        # fit may have handed this thread's torch threads to its C kernels (dagmm.accel.train_step.kernel_threads):
+        # fit may have handed this thread's torch threads to its C kernels (dagmm.accel.kernel_threads):
         # the limit is always torch's products on the run's thread count
         during = torch.get_num_threads()
         torch.set_num_threads(threads)

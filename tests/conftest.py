@@ -22,27 +22,37 @@ def _seed_torch():
 
 @pytest.fixture(params=["torch", "native"])
 def kernel_backend(request, monkeypatch):
-    """Runs a test on the torch code and on the optional C kernels of ``dagmm.accel.native``.
+    """Runs a test on the torch code and on the optional C kernels (``dagmm.accel.enabled`` off / on).
 
     Where the kernels were not built the "native" run skips, unless
     ``DAGMM_REQUIRE_NATIVE=1`` (set by ``.ci/run``) makes it fail.
     """
-    from dagmm.accel import native
+    from dagmm import accel
 
     if request.param == "native":
-        require_native()
-    monkeypatch.setattr(native, "enabled", request.param == "native")
+        require_fast()
+    monkeypatch.setattr(accel, "enabled", request.param == "native")
     return request.param
 
 
 def require_native() -> None:
     """Skip where the C kernels were not built; fail instead under ``DAGMM_REQUIRE_NATIVE=1``."""
-    from dagmm.accel import native
+    from dagmm import accel
 
-    if not native.available():
+    if not accel.available():
         if os.environ.get("DAGMM_REQUIRE_NATIVE") == "1":
             pytest.fail("DAGMM_REQUIRE_NATIVE=1 but dagmm.accel._native was not built (is a C compiler installed?)")
         pytest.skip("dagmm.accel._native was not built (no C compiler at install); the torch code is tested")
+
+
+def require_fast() -> None:
+    """:func:`require_native`, and skip where the kernels' AVX2 + FMA clone is not in use (they are not used there)."""
+    from dagmm import accel
+
+    require_native()
+    if not accel.fast():
+        pytest.skip("the C kernels run only as their AVX2 + FMA build (dagmm.accel.fast() is False here); "
+                    "the torch code is tested")
 
 
 @pytest.fixture

@@ -13,16 +13,15 @@ from torch import nn
 
 from dagmm import OutlierAE, OutlierAEGMM
 from dagmm.training.auto import (
-    EarlyStopping,
     ae_config,
     aegmm_config,
     apply_standardize,
     n_components,
     resolve_schedule,
     schedule,
-    split_holdout,
     standardize_stats,
 )
+from dagmm.training.loop import EarlyStopping, split_holdout
 from dagmm.synthetic import make_typed_outliers
 
 

@@ -1,4 +1,4 @@
-"""Batched inference in several threads (dagmm.accel.batches) and the detectors that score through it."""
+"""Batched inference in several threads (dagmm.accel.for_each_batch) and the detectors that score through it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dagmm import OutlierAE, OutlierAEGMM
-from dagmm.accel.batches import for_each_batch, workers_for
+from dagmm.accel import for_each_batch, workers_for
 
 
 @pytest.fixture

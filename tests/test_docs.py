@@ -10,6 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+#: Optional packages a document's blocks import (its test skips without them).
+NEEDS = {"export.md": ("onnx", "onnxruntime")}
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=[p.name for p in DOCS])
@@ -17,6 +19,8 @@ def test_code_blocks_run(doc, tmp_path, monkeypatch):
     blocks = BLOCK.findall(doc.read_text(encoding="utf-8"))
     if not blocks:
         pytest.skip(f"{doc.name} has no python blocks")
+    for module in NEEDS.get(doc.name, ()):
+        pytest.importorskip(module, reason=f"{doc.name} needs {module} (pip install 'dagmm[onnx]')")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     namespace: dict = {"__name__": "__docs__"}

@@ -4,8 +4,7 @@ import torch
 
 from dagmm.models.features import cosine_similarity, default_recon_features, relative_euclidean
 
-# every test on the torch code and on the C kernel (conftest.kernel_backend)
-pytestmark = pytest.mark.usefixtures("kernel_backend")
+# the torch code; the C kernel of the same features is compared with it in test_native.py and test_train_step.py
 
 
 def test_recon_features_against_numpy(rng):

@@ -1,9 +1,6 @@
-"""The closed-form gradient of the mixture objective against autograd through dagmm.models.gmm.
+"""The closed-form gradient of the mixture objective (dagmm.models.losses) against autograd through dagmm.models.gmm.
 
-Every test runs on both implementations: the torch code of ``dagmm.accel.objective``
-and the optional C kernel (``dagmm.accel._native``), which CI requires to be built
-(``DAGMM_REQUIRE_NATIVE=1`` in ``.ci/run``), through the ``kernel_backend``
-fixture of ``conftest.py``.
+The C kernel of the same objective is compared with this code in ``test_native.py``.
 """
 
 from __future__ import annotations
@@ -19,10 +16,7 @@ from dagmm.models.gmm import (
     precision_cholesky,
     sample_energy,
 )
-from dagmm.accel.objective import mixture_objective
-
-
-pytestmark = pytest.mark.usefixtures("kernel_backend")
+from dagmm.models.losses import mixture_objective
 
 
 def _reference(z, gamma, w_energy, w_cov_diag, cov_eps):
@@ -99,7 +93,7 @@ def test_cholesky_failure_message_names_components_and_jitter():
 
 
 def test_strided_memberships_light_component_and_scaled_gradient():
-    # gamma as the fused softmax tail returns it (a transposed view), a component with little
+    # gamma as a transposed view (as the C head kernel returns it), a component with little
     # mass (~0.03 of the batch's 120), and an incoming gradient other than 1
     z, _ = _inputs(120, 3, 1)
     logits = 3 * torch.randn(3, 120, dtype=torch.float64)

@@ -1,14 +1,14 @@
-"""The default OutlierAEGMM loss as one node (dagmm.accel.train_step) against the composed modules."""
+"""The default OutlierAEGMM loss as one node on the C kernels (dagmm.accel.aegmm_loss) against the modules."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import require_native
+from conftest import require_fast
 from torch import nn
 
-from dagmm import OutlierAEGMM
-from dagmm.accel import fused, native, train_step
+from dagmm import OutlierAEGMM, accel
+from dagmm.accel import _lib, _train
 from dagmm.models.features import default_recon_features, log_mse_cosine
 from dagmm.models.losses import loss_aegmm, loss_mse
 from dagmm.models.nets import AEGMMNet, paper_kddcup_nets
@@ -16,8 +16,8 @@ from dagmm.models.nets import AEGMMNet, paper_kddcup_nets
 
 @pytest.fixture(autouse=True)
 def _built(monkeypatch):
-    require_native()
-    monkeypatch.setattr(native, "enabled", True)
+    require_fast()
+    monkeypatch.setattr(accel, "enabled", True)
 
 
 def _model(recon=default_recon_features, n_features=20):
@@ -25,14 +25,32 @@ def _model(recon=default_recon_features, n_features=20):
     return AEGMMNet(enc, dec, head, recon)
 
 
+def _reference(model, xb, **kw):
+    """The loss of the modules, with the estimation network's dropout drawn as the C head draws it.
+
+    The head kernel keeps a unit where ``floor(u + keep)`` is 1 for uniforms ``u = torch.rand(N, h)``
+    (three times cheaper than ``nn.Dropout``'s ``bernoulli_``), so in training mode the reference
+    applies that mask by hand; in eval mode it is the modules as they are.
+    """
+    latent = model.encoder(xb)
+    x_recon = model.decoder(latent)
+    z = torch.cat([latent, model.recon_features(xb, x_recon)], 1)
+    lin1, _, drop, lin2, _ = model.gmm_density
+    h = torch.tanh(lin1(z))
+    if model.training and drop.p:
+        keep = 1.0 - drop.p
+        h = h * torch.floor(torch.rand(h.shape) + keep) / keep
+    return loss_aegmm(xb, x_recon, z, torch.softmax(lin2(h), 1), **kw)
+
+
 def _both(model, xb, scale=1.0, **kw):
     """(loss, grads) from the modules and from the single node, with the same dropout draws."""
     params = list(model.parameters())
     torch.manual_seed(7)
-    ref = loss_aegmm(xb, *model(xb), **kw) * scale
+    ref = _reference(model, xb, **kw) * scale
     ref_grads = torch.autograd.grad(ref, params)
     torch.manual_seed(7)
-    loss, x_recon = train_step.aegmm_loss(model, xb, loss_aegmm, **kw)
+    loss, x_recon = accel.aegmm_loss(model, xb, loss_aegmm, **kw)
     grads = torch.autograd.grad(loss * scale, params)
     torch.testing.assert_close(x_recon, model.decoder(model.encoder(xb)), rtol=1e-5, atol=1e-6)
     return (ref, ref_grads), (loss * scale, grads)
@@ -43,6 +61,7 @@ def _both(model, xb, scale=1.0, **kw):
 def test_loss_and_gradients_match_the_modules(recon, training):
     model = _model(recon).train(training)
     xb = torch.randn(300, 20)
+    xb[7] = 0.0  # a zero row: the relative distance divides by the floor on ||x||
     (ref, ref_grads), (loss, grads) = _both(model, xb, w_energy=0.1, w_cov_diag=0.005, cov_eps=1e-6)
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
     for g, r in zip(grads, ref_grads):
@@ -63,7 +82,8 @@ class _Wrapped(AEGMMNet):
 
 
 @pytest.mark.parametrize("case", ["other loss", "subclass", "hooked", "float64", "native off", "user features",
-                                  "no grad", "plain estimation net"])
+                                  "no grad", "plain estimation net", "sigmoid encoder", "dropping encoder",
+                                  "activation last", "decoder width", "strided batch", "not fast"])
 def test_falls_back_where_it_does_not_apply(case, monkeypatch):
     model, xb, loss_fn = _model(), torch.randn(50, 20), loss_aegmm
     if case == "other loss":
@@ -75,43 +95,56 @@ def test_falls_back_where_it_does_not_apply(case, monkeypatch):
     elif case == "float64":
         model, xb = model.double(), xb.double()
     elif case == "native off":
-        monkeypatch.setattr(native, "enabled", False)
+        monkeypatch.setattr(accel, "enabled", False)
+    elif case == "not fast":  # a build or CPU without the AVX2 + FMA clone
+        monkeypatch.setattr(_lib, "FAST", False)
+    elif case == "sigmoid encoder":
+        model.encoder[1] = nn.Sigmoid()
+    elif case == "dropping encoder":
+        model.encoder.insert(2, nn.Dropout(0.2))
+    elif case == "activation last":  # x' must be a bare Linear
+        model.decoder.append(nn.Tanh())
+    elif case == "decoder width":  # a decoder that does not map back to the input width
+        model.decoder = nn.Sequential(nn.Linear(1, 5))
+    elif case == "strided batch":
+        xb = torch.randn(20, 50).T
     elif case == "user features":
         model.recon_features = lambda x, r: default_recon_features(x, r)
     elif case == "plain estimation net":
         model.gmm_density = nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=1))
     if case == "no grad":
         with torch.no_grad():
-            assert train_step.aegmm_loss(model, xb, loss_fn, 0.1, 0.005) is None
+            assert accel.aegmm_loss(model, xb, loss_fn, 0.1, 0.005) is None
     else:
-        assert train_step.aegmm_loss(model, xb, loss_fn, 0.1, 0.005) is None
+        assert accel.aegmm_loss(model, xb, loss_fn, 0.1, 0.005) is None
 
 
 def test_fit_trains_through_the_single_node(monkeypatch, rng):
     calls = []
-    real = train_step.aegmm_loss
+    real = accel.aegmm_loss
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
         calls.append(out is not None)
         return out
 
-    monkeypatch.setattr("dagmm.detectors.aegmm.aegmm_loss", spy)
+    monkeypatch.setattr(accel, "aegmm_loss", spy)
     X = rng.normal(size=(600, 12)).astype("float32")
-    fast = OutlierAEGMM(architecture="paper").fit(X, epochs=2, batch_size=200, verbose=False, seed=0)
+
+    def fit():
+        # the paper nets without dropout: the modules and the C head draw their dropout masks differently
+        torch.manual_seed(0)
+        enc, dec, head = paper_kddcup_nets(12, dropout=0.0)
+        return OutlierAEGMM(encoder_net=enc, decoder_net=dec, gmm_density_net=head).fit(
+            X, epochs=2, batch_size=200, verbose=False, seed=0)
+
+    fast = fit()
     assert calls and all(calls)
     # the same fit on the composed modules ends close by (float32 rounding differs along the way)
-    monkeypatch.setattr("dagmm.detectors.aegmm.aegmm_loss", lambda *a, **k: None)
-    slow = OutlierAEGMM(architecture="paper").fit(X, epochs=2, batch_size=200, verbose=False, seed=0)
+    monkeypatch.setattr(accel, "aegmm_loss", lambda *a, **k: None)
+    slow = fit()
     for a, b in zip(fast.history_, slow.history_):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
-
-
-def _require_fast_mlp() -> None:
-    from dagmm.accel import fused_mlp
-
-    if not fused_mlp.FAST:
-        pytest.skip("the training kernels run only as their AVX2 + FMA build (dagmm.accel.fused_mlp.FAST is False)")
 
 
 def _net(n_features, latent, act, bias=True):
@@ -133,96 +166,73 @@ def _net(n_features, latent, act, bias=True):
 @pytest.mark.parametrize("shape", [(20, 1, nn.Tanh, True), (16, 3, nn.ReLU, True), (33, 2, nn.Tanh, False),
                                    (120, 1, nn.Tanh, True)])
 @pytest.mark.parametrize("rows", [1, 5, 47, 48, 49, 97, 1000])
-def test_training_kernels_match_the_per_layer_products(threads, shape, rows, monkeypatch):
-    """The two C calls against the same loss with torch.mm per layer: loss, x' and every gradient."""
-    from dagmm.accel import fused_mlp
-
-    _require_fast_mlp()
+def test_training_kernels_match_the_modules(threads, shape, rows, monkeypatch):
+    """The node's C calls, rows split over 1-3 threads, against the modules: loss, x' and every gradient."""
     n_features, latent, act, bias = shape
     torch.manual_seed(3)
     model = _net(n_features, latent, act, bias) if n_features != 120 else _model(n_features=120)
+    model.eval()  # no dropout: the modules draw their masks with bernoulli_, the head kernel from uniforms
     xb = torch.randn(rows, n_features) * 2.0
     params = list(model.parameters())
-    monkeypatch.setattr(train_step, "_threads", lambda: threads)
+    monkeypatch.setattr(_train, "_threads", lambda: threads)
     calls = []
-    real = fused_mlp.train_forward
-    monkeypatch.setattr(fused_mlp, "train_forward", lambda *a: calls.append(a[-1]) or real(*a))
-    out = {}
-    for name, build in (("c", fused_mlp.train_net), ("mm", lambda *a: None)):
-        monkeypatch.setattr(fused_mlp, "train_net", build)
-        torch.manual_seed(11)
-        loss, x_recon = train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005)
-        out[name] = (loss, x_recon, torch.autograd.grad(loss, params))
+    real = _train.TrainNet.forward
+    monkeypatch.setattr(_train.TrainNet, "forward", lambda self, x, t: calls.append(t) or real(self, x, t))
+    loss, x_recon = accel.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005)
+    grads = torch.autograd.grad(loss, params)
     assert calls == [threads]  # the C path ran once, with the threads asked for
-    (loss, x_recon, grads), (ref, ref_recon, ref_grads) = out["c"], out["mm"]
-    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(x_recon, ref_recon, rtol=1e-5, atol=1e-5)
+    if rows < 4:  # a mixture of 4 components needs more rows than this for a covariance: the jitter decides
+        return
+    ref = loss_aegmm(xb, *model(xb), w_energy=0.1, w_cov_diag=0.005)
+    ref_grads = torch.autograd.grad(ref, params)
+    # float32 layers summed in another order; the mixture algebra in float64 on both sides
+    torch.testing.assert_close(loss, ref.to(loss.dtype), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x_recon, model.decoder(model.encoder(xb)).detach(), rtol=1e-5, atol=1e-5)
     for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5 * max(r.abs().max().item(), 1e-3), msg=name)
-
-
-@pytest.mark.parametrize("case", ["sigmoid encoder", "dropping encoder", "activation last", "decoder width"])
-def test_training_kernels_only_where_they_apply(case, monkeypatch):
-    from dagmm.accel import fused_mlp
-
-    _require_fast_mlp()
-    model = _model()
-    enc, dec = fused.plan(model.encoder), fused.plan(model.decoder)
-    assert fused_mlp.train_net(enc.ops, enc.spec(), dec.ops, dec.spec()).params == [*enc.params, *dec.params]
-    if case == "sigmoid encoder":
-        model.encoder[1] = nn.Sigmoid()
-    elif case == "dropping encoder":
-        model.encoder.insert(2, nn.Dropout(0.2))
-    elif case == "activation last":
-        model.decoder.append(nn.Tanh())
-    else:  # a decoder that does not map back to the input width
-        model.decoder = nn.Sequential(nn.Linear(1, 5))
-    enc, dec = fused.plan(model.encoder), fused.plan(model.decoder)
-    assert fused_mlp.train_net(enc.ops, enc.spec(), dec.ops, dec.spec()) is None
-    monkeypatch.setattr(fused_mlp, "train_forward", lambda *a: pytest.fail("the C path was taken"))
-    xb = torch.randn(64, 20)
-    if case in ("activation last", "decoder width"):  # x' must be a bare Linear of the input's width
-        assert train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005) is None
-    elif case == "dropping encoder":  # its masks are drawn by dagmm.accel.fused, not nn.Dropout: no twin to compare
-        assert train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005) is not None
-    else:  # the loss still runs, on the per-layer path, and matches the modules
-        (ref, _), (loss, _) = _both(model, xb, w_energy=0.1, w_cov_diag=0.005)
-        torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-4 * max(r.abs().max().item(), 1e-3), msg=name)
 
 
 def test_training_kernels_check_the_layers():
-    from dagmm.accel import fused_mlp
-
-    _require_fast_mlp()
     model = _model()
-    enc, dec = fused.plan(model.encoder), fused.plan(model.decoder)
-    net = fused_mlp.train_net(enc.ops, enc.spec(), dec.ops, dec.spec())
+    enc, dec = accel._chain(model.encoder), accel._chain(model.decoder)
+    net = _train.TrainNet(enc.layers + dec.layers, len(enc.layers), _lib.lib.FEAT_RELATIVE)
+    lib = _lib.lib
     x = torch.randn(10, 20)
     acts, z = torch.empty(10 * sum(net.widths)), torch.empty(10, 3)
     norms = torch.empty(10, 5, dtype=torch.float64)
+    n_layers = len(net.layers)
     with pytest.raises(ValueError, match="train_forward: the encoder \\(the first n_enc layers\\) must map the 20 "
-                                         "inputs of 10 rows"):
-        native.kernels.train_forward(x.data_ptr(), 10, 20, net.spec.data_ptr(), net.n_layers, net.n_layers, 0,
-                                     1e-8, 1e-8, acts.data_ptr(), z.data_ptr(), norms.data_ptr(), 48, 1)
+                                         "inputs of 10 rows to a latent code at most 62 wide"):
+        lib.train_forward(x.data_ptr(), 10, 20, net.spec.data_ptr(), n_layers, n_layers, 0,
+                          1e-8, 1e-8, acts.data_ptr(), z.data_ptr(), norms.data_ptr(), 48, 1)
     with pytest.raises(ValueError, match="train_forward: 1 to 64 layers and a positive tile"):
-        native.kernels.train_forward(x.data_ptr(), 10, 20, net.spec.data_ptr(), net.n_layers, 4, 0,
-                                     1e-8, 1e-8, acts.data_ptr(), z.data_ptr(), norms.data_ptr(), 0, 1)
+        lib.train_forward(x.data_ptr(), 10, 20, net.spec.data_ptr(), n_layers, 4, 0,
+                          1e-8, 1e-8, acts.data_ptr(), z.data_ptr(), norms.data_ptr(), 0, 1)
+
+
+def test_a_parameter_changed_between_forward_and_backward_is_caught():
+    model = _model()
+    loss, _ = accel.aegmm_loss(model, torch.randn(64, 20), loss_aegmm, 0.1, 0.005)
+    with torch.no_grad():
+        model.encoder[0].weight.mul_(2.0)  # the backward would read the changed weights through raw addresses
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 def test_kernel_threads_takes_torch_threads_only_inside_and_gives_them_back():
     torch.set_num_threads(2)
     try:
-        assert train_step._threads() == 1 and torch.get_num_threads() == 2  # outside: torch untouched
-        with train_step.kernel_threads():
+        assert _train._threads() == 1 and torch.get_num_threads() == 2  # outside: torch untouched
+        with accel.kernel_threads():
             assert torch.get_num_threads() == 2  # nothing taken before a kernel step
-            assert train_step._threads() == 2 and torch.get_num_threads() == 1
-            assert train_step._threads() == 2  # the same count for every later step
-            with train_step.kernel_threads():  # nested (a fit inside a callback): its own count
-                assert train_step._threads() == 1
-            assert train_step._threads() == 2 and torch.get_num_threads() == 1
+            assert _train._threads() == 2 and torch.get_num_threads() == 1
+            assert _train._threads() == 2  # the same count for every later step
+            with accel.kernel_threads():  # nested (a fit inside a callback): its own count
+                assert _train._threads() == 1
+            assert _train._threads() == 2 and torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError, match="boom"), train_step.kernel_threads():
-            train_step._threads()
+        with pytest.raises(RuntimeError, match="boom"), accel.kernel_threads():
+            _train._threads()
             raise RuntimeError("boom")
         assert torch.get_num_threads() == 2
     finally:
@@ -232,21 +242,18 @@ def test_kernel_threads_takes_torch_threads_only_inside_and_gives_them_back():
 def test_training_kernels_reuse_activation_buffers_only_once_free():
     """Activations of a step stay intact while its graph lives (two losses alive, a second backward
     with retain_graph), and the buffer is reused once the graph is gone."""
-    from dagmm.accel import fused_mlp
-
-    _require_fast_mlp()
     model = _model()
     params = list(model.parameters())
     xa, xb = torch.randn(100, 20), torch.randn(100, 20) * 3.0
 
     def loss_of(x):
         torch.manual_seed(5)
-        return train_step.aegmm_loss(model, x, loss_aegmm, 0.1, 0.005)[0]
+        return accel.aegmm_loss(model, x, loss_aegmm, 0.1, 0.005)[0]
 
     torch.manual_seed(5)
-    ref_a = torch.autograd.grad(train_step.aegmm_loss(model, xa, loss_aegmm, 0.1, 0.005)[0], params)
+    ref_a = torch.autograd.grad(accel.aegmm_loss(model, xa, loss_aegmm, 0.1, 0.005)[0], params)
     torch.manual_seed(5)
-    ref_b = torch.autograd.grad(train_step.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005)[0], params)
+    ref_b = torch.autograd.grad(accel.aegmm_loss(model, xb, loss_aegmm, 0.1, 0.005)[0], params)
     loss_a = loss_of(xa)
     loss_b = loss_of(xb)  # a forward while loss_a's activations are still needed
     first = torch.autograd.grad(loss_a, params, retain_graph=True)
@@ -259,7 +266,7 @@ def test_training_kernels_reuse_activation_buffers_only_once_free():
         torch.testing.assert_close(h, r)
     del loss_a
     # every graph is gone now: the next forward takes a pooled buffer instead of a new one
-    pool = fused_mlp._POOL.entries
+    pool = _train._POOL.entries
     before = [entry[0].data_ptr() for entry in pool]
     assert before and all(entry[1]() is None for entry in pool)
     loss = loss_of(xb)

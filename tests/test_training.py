@@ -177,9 +177,9 @@ def _adam_twins(ref_cls, steps, on_step=None, **kwargs):
 def test_lean_adam_matches_torch_fused_adam_bit_for_bit(monkeypatch):
     """The cached fast path runs the same kernel: identical weights through lr changes, a state
     reload, a parameter without a gradient and a step hook (which send steps back to torch)."""
-    from dagmm.accel import native
+    from dagmm import accel
 
-    monkeypatch.setattr(native, "enabled", False)  # the C step agrees to rounding only: the next test
+    monkeypatch.setattr(accel, "enabled", False)  # the C step agrees to rounding only: the next test
 
     def check(i, net, twin, lean):
         if i == 5:
@@ -198,19 +198,19 @@ def test_lean_adam_c_step_matches_torch_adam(weight_decay, monkeypatch):
     parameter whose storage was replaced; and it is the step in use."""
     from conftest import require_native
 
-    from dagmm.accel import native
+    from dagmm import accel
+    from dagmm.accel import _lib
 
     require_native()
-    monkeypatch.setattr(native, "enabled", True)
+    monkeypatch.setattr(accel, "enabled", True)
     calls: list = []
-    real = native.kernels.adam_step
+    real = _lib.lib
 
     class Spy:
         def __getattr__(self, name):
-            return getattr(real.__self__, name) if name != "adam_step" else (
-                lambda *a: calls.append(1) or real(*a))
+            return getattr(real, name) if name != "adam_step" else (lambda *a: calls.append(1) or real.adam_step(*a))
 
-    monkeypatch.setattr(native, "kernels", Spy())
+    monkeypatch.setattr(_lib, "lib", Spy())
     counted: dict = {}
 
     def check(i, net, twin, lean):

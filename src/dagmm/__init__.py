@@ -5,6 +5,7 @@ from .detectors.ae import OutlierAE
 from .detectors.aegmm import OutlierAEGMM
 from .detectors.base import NotFittedError
 from .detectors.estimator import DAGMM
+from .export import export_onnx
 from .models.gmm import CholeskyError
 from .persistence import fetch_detector, load_detector, save_detector
 from .training.loop import TrainingDivergedError
@@ -20,4 +21,5 @@ __all__ = [
     "save_detector",
     "load_detector",
     "fetch_detector",
+    "export_onnx",
 ]

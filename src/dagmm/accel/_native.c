@@ -1,11 +1,11 @@
 /* Optional C kernels for DAGMM's training step on CPU tensors: the mixture objective and the
  * reconstruction features; and the module definition of dagmm.accel._native, whose other kernels are in
- * _native_act.c (tanh layers) and _native_head.c (the estimation network).
+ * _native_adam.c (Adam's step), _native_head.c (the estimation network), _native_mlp.c (inference) and
+ * _native_train.c (the auto-encoder's training step).
  *
- * Private: dagmm.accel.objective, dagmm.models.features and dagmm.accel.train_step call them (through dagmm.accel.native) with raw
- * data addresses after checking device, dtype, shapes and strides, and use their torch
- * code instead where this module was not built.  No torch headers: it builds with a
- * plain C compiler in about a second.
+ * Private: only dagmm.accel calls them, with raw data addresses, after its facade (dagmm/accel/__init__.py)
+ * checked device, dtype, shapes, strides and the tensors' lifetime; elsewhere the torch code of
+ * dagmm.models runs instead.  No torch headers: it builds with a plain C compiler in seconds.
  *
  * Why: with DAGMM's tiny mixture (K = 4 components of D = 3 dimensions) the K-level
  * algebra is a few thousand flops, but as torch operations it was some 160 dispatches
@@ -15,11 +15,11 @@
  * vectorised loops over the rows plus loops over K x D x D, and the features one pass
  * over the rows forward and one backward.
  *
- * Numerics are those of dagmm.models.gmm / dagmm.accel.objective: float64 throughout, moments
+ * Numerics are those of dagmm.models.gmm / dagmm.models.losses.mixture_objective: float64 throughout, moments
  * about the batch mean, Cholesky factor of Sigma_k + eps I with the jitter raised
  * tenfold for every component when one fails, Mahalanobis distances through the
  * inverse Cholesky factor, log-sum-exp with the maximum taken out.  The gradient is
- * the closed form in dagmm/objective.py's docstring.  Compiled without -ffast-math:
+ * the closed form in dagmm/models/losses.py's docstring.  Compiled without -ffast-math:
  * the NaN checks and the summation order must stay as written.
  */
 #include "_native.h"
@@ -442,9 +442,8 @@ static PyObject *py_mixture_objective(PyObject *self, PyObject *args)
     return Py_BuildValue("ddNO", res.value, res.jitter, bad_list, res.finite ? Py_True : Py_False);
 }
 
-/* ---- reconstruction features (dagmm.models.features): per row of x and x' (both (N, F), contiguous) ----
+/* ---- reconstruction features (of dagmm.models.features), for _native_mlp.c and _native_train.c: per row of x and x' (both (N, F), contiguous) ----
    saved[i] = (||x||, ||x'||, ||x' - x||, ||x|| ||x'||, cos), float64, for the backward */
-enum { FEAT_RELATIVE = 0, FEAT_LOG_MSE = 1 };
 
 #define ROW_SUMS(T)                                                                                                  \
     do {                                                                                                             \
@@ -534,103 +533,51 @@ KERNEL void recon_backward(const void *x, const void *r, Py_ssize_t ldr, Py_ssiz
     }
 }
 
-static PyObject *py_recon_forward(PyObject *self, PyObject *args)
-{
-    unsigned long long xp, rp, op, sp;
-    Py_ssize_t n, f;
-    int dbl, mode;
-    double eps, log_eps;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "KKnnpiddKK", &xp, &rp, &n, &f, &dbl, &mode, &eps, &log_eps, &op, &sp))
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    recon_forward((const void *)(uintptr_t)xp, (const void *)(uintptr_t)rp, f, n, f, dbl, mode, eps, log_eps,
-                  (void *)(uintptr_t)op, (double *)(uintptr_t)sp);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
-
-static PyObject *py_recon_backward(PyObject *self, PyObject *args)
-{
-    unsigned long long xp, rp, gp, sp, op;
-    Py_ssize_t n, f, gs0, gs1;
-    int dbl, mode, gdbl;
-    double eps, log_eps, sq_coef = 0.0;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "KKnnpiddKnnpKK|d", &xp, &rp, &n, &f, &dbl, &mode, &eps, &log_eps, &gp, &gs0, &gs1,
-                          &gdbl, &sp, &op, &sq_coef))
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    recon_backward((const void *)(uintptr_t)xp, (const void *)(uintptr_t)rp, f, n, f, dbl, mode, eps, log_eps,
-                   (const void *)(uintptr_t)gp, gs0, gs1, gdbl, (const double *)(uintptr_t)sp, sq_coef,
-                   (void *)(uintptr_t)op, f);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef methods[] = {
     {"mixture_objective", py_mixture_objective, METH_VARARGS,
      "mixture_objective(z_ptr, z_s0, z_s1, z_f64, g_ptr, g_s0, g_s1, g_f64, gz_ptr, gg_ptr, n, d, k,\n"
      "                  w_energy, w_cov_diag, eps, max_tries) -> (value, jitter, bad, finite)\n\n"
-     "Private to dagmm.accel.objective: raw addresses, no checks. Writes dJ/dz as a contiguous (d, n) array and\n"
+     "Private to dagmm.accel: raw addresses, no checks. Writes dJ/dz as a contiguous (d, n) array and\n"
      "dJ/dgamma as a contiguous (k, n) array, in the inputs' dtypes; 'bad' lists the components whose\n"
      "Cholesky failed with every jitter."},
-    {"recon_forward", py_recon_forward, METH_VARARGS,
-     "recon_forward(x_ptr, r_ptr, n, f, f64, mode, eps, log_eps, out_ptr, saved_ptr) -> None\n\n"
-     "Private to dagmm.models.features: the two reconstruction features of contiguous (n, f) rows into out (n, 2)\n"
-     "and, unless saved_ptr is 0, five float64 per row into saved (n, 5); mode 0 = relative distance,\n"
-     "1 = log mean squared error."},
-    {"recon_backward", py_recon_backward, METH_VARARGS,
-     "recon_backward(x_ptr, r_ptr, n, f, f64, mode, eps, log_eps, g_ptr, g_s0, g_s1, g_f64, saved_ptr, out_ptr,\n"
-     "               sq_coef=0.0)\n\n"
-     "Private to dagmm.models.features: the gradient with respect to x' of the features, into out (n, f), plus\n"
-     "sq_coef (x' - x): the gradient of sq_coef / 2 times the squared error (dagmm.accel.train_step's loss)."},
-    {"bias_tanh", py_bias_tanh, METH_VARARGS,
-     "bias_tanh(y_ptr, b_ptr, n, m) -> None\n\n"
-     "Private to dagmm.accel.fused: y = tanh(y + b) in place for contiguous float32 y (n, m) and b (m,) (no bias\n"
-     "when b_ptr is 0)."},
-    {"tanh_grad", py_tanh_grad, METH_VARARGS,
-     "tanh_grad(g_ptr, y_ptr, out_ptr, gb_ptr, n, m) -> None\n\n"
-     "Private to dagmm.accel.fused: out = g (1 - y^2) for contiguous float32 (n, m) arrays and, unless gb_ptr is 0,\n"
-     "the column sums of out into gb (m,)."},
     {"adam_step", py_adam_step, METH_VARARGS,
      "adam_step(table_ptr, grads, lr, beta1, beta2, eps, weight_decay) -> None\n\n"
-     "Private to dagmm.training.loop: Adam's update of float32 contiguous parameters in place; table holds int64\n"
+     "Private to dagmm.accel: Adam's update of float32 contiguous parameters in place; table holds int64\n"
      "(n, 5) rows (parameter, first moment, second moment, float32 step counter addresses, element count),\n"
      "grads the n gradients' addresses."},
     {"head_forward", py_head_forward, METH_VARARGS,
      "head_forward(x_ptr, x_s0, x_s1, n, din, w1_ptr, b1_ptr, h, w2_ptr, b2_ptr, k, u_ptr, u_s0, u_s1, keep,\n"
      "             t_ptr, y_ptr) -> None\n\n"
-     "Private to dagmm.accel.fused_head: the softmax head of float32 x (n, din): tanh activations into t (h, n),\n"
+     "Private to dagmm.accel: the softmax head of float32 x (n, din): tanh activations into t (h, n),\n"
      "outputs into y (k, n); dropout from the uniforms u (n, h) unless u_ptr is 0; biases may be 0."},
     {"head_backward", py_head_backward, METH_VARARGS,
      "head_backward(x_ptr, x_s0, x_s1, n, din, w1_ptr, h, w2_ptr, k, u_ptr, u_s0, u_s1, keep, t_ptr, y_ptr,\n"
      "              g_ptr, g_s0, g_s1, gx_ptr, gw1_ptr, gb1_ptr, gw2_ptr, gb2_ptr) -> None\n\n"
-     "Private to dagmm.accel.fused_head: gradients of head_forward for g (n, k); gx (din, n) unless gx_ptr is 0."},
+     "Private to dagmm.accel: gradients of head_forward for g (n, k); gx (din, n) unless gx_ptr is 0."},
     {"mlp_forward", py_mlp_forward, METH_VARARGS,
      "mlp_forward(x_ptr, n, y_ptr, spec_ptr, n_layers, tile) -> None\n\n"
-     "Private to dagmm.accel.fused_mlp: a stack of Linear layers, each followed by nothing, tanh or relu, on contiguous\n"
+     "Private to dagmm.accel: a stack of Linear layers, each followed by nothing, tanh or relu, on contiguous\n"
      "float32 rows x (n, in) into y (n, out); spec holds n_layers rows of int64 (in, out, weight address,\n"
      "bias address or 0, activation 0/1/2)."},
     {"mlp_fast", py_mlp_fast, METH_NOARGS,
-     "mlp_fast() -> bool\n\nPrivate to dagmm.accel.fused_mlp: whether mlp_forward and aegmm_energy run vectorised (AVX2 + FMA)."},
+     "mlp_fast() -> bool\n\nPrivate to dagmm.accel: whether mlp_forward and aegmm_energy run vectorised (AVX2 + FMA)."},
     {"aegmm_energy", py_aegmm_energy, METH_VARARGS,
      "aegmm_energy(x_ptr, n, enc_spec_ptr, n_enc, dec_spec_ptr, n_dec, mode, eps, log_eps, pt_ptr, off_ptr, c_ptr,\n"
      "             k, out_ptr, tile) -> None\n\n"
-     "Private to dagmm.accel.fused_mlp: DAGMM's sample energy of contiguous float32 rows x (n, f) into float64 out (n,):\n"
+     "Private to dagmm.accel: DAGMM's sample energy of contiguous float32 rows x (n, f) into float64 out (n,):\n"
      "encoder and decoder as mlp_forward's specs, the features of recon_forward (mode), and the mixture as\n"
      "float64 P_k^T (k, d, d), P_k^T mu_k (k, d) and the constants c (k,)."},
     {"train_forward", py_train_forward, METH_VARARGS,
      "train_forward(x_ptr, n, f, spec_ptr, n_layers, n_enc, mode, eps, log_eps, acts_ptr, z_ptr, norms_ptr, tile,\n"
      "              threads) -> None\n\n"
-     "Private to dagmm.accel.fused_mlp: the encoder (the first n_enc layers of spec, as mlp_forward's) and decoder on\n"
+     "Private to dagmm.accel: the encoder (the first n_enc layers of spec, as mlp_forward's) and decoder on\n"
      "contiguous float32 rows x (n, f), every layer's output into its array of acts (n_layers int64 addresses\n"
      "of (n, out rounded up to 8) arrays), the latent code and the features of recon_forward into z\n"
      "(n, latent + 2), the norms into float64 norms (n, 5)."},
     {"train_backward", py_train_backward, METH_VARARGS,
      "train_backward(x_ptr, n, f, spec_ptr, n_layers, n_enc, mode, eps, log_eps, acts_ptr, norms_ptr, gz_ptr,\n"
      "               sq_coef, grads_ptr, tile, threads) -> None\n\n"
-     "Private to dagmm.accel.fused_mlp: the parameter gradients of train_forward's layers for dJ/dz (latent + 2, n)\n"
+     "Private to dagmm.accel: the parameter gradients of train_forward's layers for dJ/dz (latent + 2, n)\n"
      "plus sq_coef (x' - x) with respect to x'; grads holds 2 n_layers int64 addresses (weight gradient,\n"
      "bias gradient or 0)."},
     {NULL, NULL, 0, NULL},
@@ -639,4 +586,20 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "dagmm.accel._native", "Optional C kernels of dagmm (private).",
                                     -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
+/* The constants of _native.h that dagmm.accel reads instead of keeping copies. */
+PyMODINIT_FUNC PyInit__native(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "MAX_LAYERS", DAGMM_MAX_LAYERS) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_Z", DAGMM_MAX_Z) < 0 || PyModule_AddIntConstant(m, "MAX_K", DAGMM_MAX_K) < 0 ||
+        PyModule_AddIntConstant(m, "TILE", DAGMM_TILE) < 0 || PyModule_AddIntConstant(m, "ACT_NONE", ACT_NONE) < 0 ||
+        PyModule_AddIntConstant(m, "ACT_TANH", ACT_TANH) < 0 || PyModule_AddIntConstant(m, "ACT_RELU", ACT_RELU) < 0 ||
+        PyModule_AddIntConstant(m, "FEAT_RELATIVE", FEAT_RELATIVE) < 0 ||
+        PyModule_AddIntConstant(m, "FEAT_LOG_MSE", FEAT_LOG_MSE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -8,13 +8,27 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Constants the Python side needs too, defined only here: the module exports each under its name
+   without the DAGMM_ prefix, and dagmm.accel reads them from there (no copy in Python).
+   Layers per stack (per encoder + decoder in training); latent code + 2 features; mixture components. */
+#define DAGMM_MAX_LAYERS 64
+#define DAGMM_MAX_Z 64
+#define DAGMM_MAX_K 64
+/* Rows per tile: the activations of a tile of the KDDCUP networks (widest 120) fit in L1/L2; tiles of
+   24 to 128 rows made no measurable difference in training (NOTES-speed.md, seventh pass). */
+#define DAGMM_TILE 48
+/* Activation after a layer, and the first reconstruction feature (relative distance / log mean
+   squared error; the second is always the cosine). */
+enum { ACT_NONE = 0, ACT_TANH = 1, ACT_RELU = 2 };
+enum { FEAT_RELATIVE = 0, FEAT_LOG_MSE = 1 };
+
 /* The loops over rows are vectorised; built for the baseline x86-64 (2 doubles per vector) they
    run about 1.5x slower than with AVX2 (4).  Where the toolchain resolves function clones at load
    time (GCC, glibc), the kernels get an AVX2 clone chosen on CPUs that have it.  No -ffp-contract
    (ISO C mode keeps it off), so both clones round every operation alike; only the sums' order differs. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
 #define KERNEL __attribute__((target_clones("avx2", "default")))
-/* For the elementwise tanh kernels, whose tests bound the error rather than fix the rounding: the
+/* For the stack kernels (_native_mlp.c, _native_train.c), whose tests bound the error rather than fix the rounding: the
    x86-64-v3 level (AVX2 + FMA, chosen by a feature test at load) with multiply-adds fused, about
    0.75x the time of the AVX2 clone at 16384 x 60 (NOTES-speed.md, fifth pass). */
 #define KERNEL_FMA __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
@@ -84,21 +98,19 @@ void recon_backward(const void *x, const void *r, Py_ssize_t ldr, Py_ssize_t n, 
                     double eps, double log_eps, const void *gp, Py_ssize_t gs0, Py_ssize_t gs1, int g_double,
                     const double *saved, double sq_coef, void *out, Py_ssize_t ldo);
 
-/* _native_act.c: the tanh layers of dagmm.accel.fused */
-PyObject *py_bias_tanh(PyObject *self, PyObject *args);
-PyObject *py_tanh_grad(PyObject *self, PyObject *args);
+/* _native_act.c: Adam's update for dagmm.training.loop.LeanAdam */
 PyObject *py_adam_step(PyObject *self, PyObject *args);
 
-/* _native_head.c: the two-layer softmax head of dagmm.accel.fused_head */
+/* _native_head.c: the two-layer softmax head (DAGMM's estimation network) */
 PyObject *py_head_forward(PyObject *self, PyObject *args);
 PyObject *py_head_backward(PyObject *self, PyObject *args);
 
-/* _native_mlp.c: inference through fully connected stacks, and the sample energy (dagmm.accel.fused_mlp) */
+/* _native_mlp.c: inference through fully connected stacks, and the sample energy */
 PyObject *py_mlp_forward(PyObject *self, PyObject *args);
 PyObject *py_aegmm_energy(PyObject *self, PyObject *args);
 PyObject *py_mlp_fast(PyObject *self, PyObject *args);
 
-/* _native_train.c: the auto-encoder of dagmm.accel.train_step's loss, forward and backward */
+/* _native_train.c: the auto-encoder of the one-node training loss, forward and backward */
 PyObject *py_train_forward(PyObject *self, PyObject *args);
 PyObject *py_train_backward(PyObject *self, PyObject *args);
 

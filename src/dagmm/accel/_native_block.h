@@ -10,7 +10,7 @@
 /* 8 floats; aligned(4) and may_alias so any float address can be loaded and stored as one */
 typedef float v8 __attribute__((vector_size(32), aligned(4), may_alias));
 
-enum { MR = 6, ACT_NONE = 0, ACT_TANH = 1, ACT_RELU = 2 };
+enum { MR = 6 };
 
 /* y[r, 0:8 nv] = start_r + sum_i a[r ars + i acs] bt[i ldb, 0:8 nv] for r < mr, where start_r is the row
    b (the same for every row: a bias, or zeros) or, with acc, y's own row r (a sum continued).  mr, nv

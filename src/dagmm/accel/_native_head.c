@@ -2,8 +2,8 @@
  * Linear (h -> k), Softmax over the k outputs -- DAGMM's estimation network (3 -> 10 -> 4 in the
  * paper's KDDCUP configuration) -- forward and backward, float32.
  *
- * Private: dagmm.accel.fused_head calls it through dagmm.accel.native with raw data addresses after checking
- * device, dtype, shapes and strides; everything else keeps dagmm.accel.fused's torch code.
+ * Private: dagmm.accel's one-node training loss (_train.py) calls it with raw data addresses after the
+ * facade checked device, dtype, shapes and strides; everything else runs the module (dagmm.models).
  *
  * Why: at these widths each operation of the head is a few microseconds of arithmetic behind a
  * fixed cost several times larger, and as torch operations the head was about twenty of them per
@@ -11,9 +11,9 @@
  * Activations are laid out (features, N) so that every loop runs over the rows and vectorises,
  * with the float32 tanh_f / exp_neg of _native.h.
  *
- * Dropout takes the caller's uniforms u (N, h) and dagmm.accel.fused's rule, in float32 as there:
- * mask = floor(u + keep) / keep, so both paths drop the same units for the same draws; keep = 0
- * drops everything.  Parameter gradients (sums over the rows) are accumulated in float64.
+ * Dropout takes the caller's uniforms u (N, h) (torch.rand: three times cheaper than nn.Dropout's
+ * bernoulli_, so the masks differ from the module's for the same seed, with the same distribution):
+ * mask = floor(u + keep) / keep in float32; keep = 0 drops everything.  Parameter gradients (sums over the rows) are accumulated in float64.
  */
 #include "_native.h"
 

@@ -1,7 +1,8 @@
-/* A fully connected stack's forward pass in one call (inference), float32: dagmm.accel.fused_mlp.
+/* A fully connected stack's forward pass in one call (inference), float32: dagmm.accel.reconstructor and
+ * dagmm.accel.energy_scorer.
  *
- * Private: dagmm.accel.fused_mlp calls it through dagmm.accel.native with raw data addresses, after checking
- * device, dtype, shapes and contiguity, and keeps its torch code for everything else.
+ * Private: only dagmm.accel calls it, with raw data addresses, after its facade checked device, dtype,
+ * shapes and contiguity; everything else runs the modules of dagmm.models.
  *
  * Why: scoring a batch ran each layer as torch.mm over the whole batch, then a pass for the bias
  * and the activation.  For DAGMM's narrow layers (a 30 -> 10 product ran at a quarter of the
@@ -14,7 +15,7 @@
  *
  * Rounding: each output is the bias plus the products summed in input order, one rounding per
  * multiply-add in the x86-64-v3 clone (fused) and two in the baseline one; torch.addmm sums in
- * another order, so results agree to float32 rounding, not bit for bit (tests/test_fused.py).
+ * another order, so results agree to float32 rounding, not bit for bit (tests/test_native.py).
  * The tanh is tanh_f of _native.h, as in the training kernels.
  */
 #include "_native_block.h"
@@ -114,8 +115,9 @@ float *pack_layers(const int64_t *spec, int nl, Layer *L, size_t extra, float **
 
 int check_layers(const char *kernel, int nl, Py_ssize_t tile)
 {
-    if (nl < 1 || nl > 64 || tile < 1) {
-        PyErr_Format(PyExc_ValueError, "%s: 1 to 64 layers and a positive tile are required", kernel);
+    if (nl < 1 || nl > DAGMM_MAX_LAYERS || tile < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: 1 to %d layers and a positive tile are required", kernel,
+                     DAGMM_MAX_LAYERS);
         return -1;
     }
     return 0;
@@ -123,7 +125,7 @@ int check_layers(const char *kernel, int nl, Py_ssize_t tile)
 
 /* Whether the kernels below run as their x86-64-v3 (AVX2 + FMA) clone.  The baseline build of the
    8-float vectors is correct, but GCC lowers them for SSE2 into code about 17 times slower than
-   torch (benchmarks/results/NOTES-speed.md, sixth pass), so dagmm.accel.fused_mlp uses these kernels
+   torch (benchmarks/results/NOTES-speed.md, sixth pass), so dagmm.accel uses these kernels
    only when this is true. */
 PyObject *py_mlp_fast(PyObject *self, PyObject *args)
 {
@@ -144,7 +146,7 @@ PyObject *py_mlp_forward(PyObject *self, PyObject *args)
     Py_ssize_t n, tile, wide;
     int nl;
     float *work;
-    Layer L[64];
+    Layer L[DAGMM_MAX_LAYERS];
     (void)self;
     if (!PyArg_ParseTuple(args, "KnKKin", &xp, &n, &yp, &sp, &nl, &tile) ||
         check_layers("mlp_forward", nl, tile) < 0)
@@ -163,8 +165,7 @@ PyObject *py_mlp_forward(PyObject *self, PyObject *args)
 
 /* ---- DAGMM's sample energy straight from the input rows (OutlierAEGMM.score) ----
  * Per tile: encoder -> latent, decoder -> x' (never written out), the reconstruction features by
- * recon_forward of _native.c (the very code of dagmm.models.features, so z is bit for bit what the module
- * path gives), then in float64 E(z) = -log sum_k exp(c_k - |P_k^T z - P_k^T mu_k|^2 / 2), the
+ * recon_forward of _native.c (the training kernels' code for the same features), then in float64 E(z) = -log sum_k exp(c_k - |P_k^T z - P_k^T mu_k|^2 / 2), the
  * formula of dagmm.models.gmm.sample_energy (c_k = log phi_k + log det P_k - d log(2 pi) / 2). */
 typedef struct {
     int k, d;
@@ -176,7 +177,7 @@ typedef struct {
 static inline void energy_rows(const float *lat, Py_ssize_t ldl, int nl_lat, const float *feat, Py_ssize_t rows,
                                const Mixture *g, double *out)
 {
-    double z[64], lp[64];
+    double z[DAGMM_MAX_Z], lp[DAGMM_MAX_K];
     for (Py_ssize_t r = 0; r < rows; r++) {
         for (int j = 0; j < nl_lat; j++)
             z[j] = lat[r * ldl + j];
@@ -227,7 +228,7 @@ PyObject *py_aegmm_energy(PyObject *self, PyObject *args)
     Py_ssize_t n, tile;
     int ne, nd, mode, k;
     double eps, log_eps;
-    Layer E[64], D[64];
+    Layer E[DAGMM_MAX_LAYERS], D[DAGMM_MAX_LAYERS];
     (void)self;
     if (!PyArg_ParseTuple(args, "KnKiKiiddKKKiKn", &xp, &n, &ep, &ne, &dp, &nd, &mode, &eps, &log_eps, &ptp, &offp,
                           &cp, &k, &op, &tile) ||
@@ -235,9 +236,10 @@ PyObject *py_aegmm_energy(PyObject *self, PyObject *args)
         return NULL;
     const int64_t *es = (const int64_t *)(uintptr_t)ep, *ds = (const int64_t *)(uintptr_t)dp;
     const int64_t lat = es[5 * (ne - 1) + 1];
-    if (ds[0] != lat || ds[5 * (nd - 1) + 1] != es[0] || lat + 2 > 64 || k < 1 || k > 64) {
-        PyErr_SetString(PyExc_ValueError, "aegmm_energy: the decoder must map the latent code (at most 62 wide) "
-                                          "back to the input width, with 1 to 64 components");
+    if (ds[0] != lat || ds[5 * (nd - 1) + 1] != es[0] || lat + 2 > DAGMM_MAX_Z || k < 1 || k > DAGMM_MAX_K) {
+        PyErr_Format(PyExc_ValueError, "aegmm_energy: the decoder must map the latent code (at most %d wide) "
+                                       "back to the input width, with 1 to %d components", DAGMM_MAX_Z - 2,
+                     DAGMM_MAX_K);
         return NULL;
     }
     const Py_ssize_t wide_e = describe_layers(es, ne, E), wide_d = describe_layers(ds, nd, D);

@@ -1,9 +1,9 @@
-/* DAGMM's auto-encoder in training, float32: dagmm.accel.train_step's loss runs its encoder, decoder and
- * reconstruction features forward in one call and backward in another.
+/* DAGMM's auto-encoder in training, float32: the one-node loss of dagmm.accel (_train.py) runs its encoder,
+ * decoder and reconstruction features forward in one call and backward in another.
  *
- * Private: dagmm.accel.train_step calls these through dagmm.accel.native with raw data addresses, after
- * checking device, dtype, shapes and contiguity (the same conditions as the inference kernel of
- * _native_mlp.c), and keeps its torch.mm path for everything else.
+ * Private: only dagmm.accel calls these, with raw data addresses, after its facade checked device, dtype,
+ * shapes and contiguity (the same conditions as the inference kernel of _native_mlp.c); everything else
+ * runs the modules of dagmm.models under autograd.
  *
  * Why: at batch 1024 each layer was torch.mm per direction plus a pass for the bias and tanh and
  * one for its gradient, each a dispatch and an OpenMP fork and join over both cores; the eight
@@ -25,7 +25,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-enum { MAX_LAYERS = 64, MAX_THREADS = 8 };
+enum { MAX_THREADS = 8 };
 
 /* What every thread reads: the batch, the layers, where the activations live. */
 typedef struct {
@@ -33,8 +33,8 @@ typedef struct {
     Py_ssize_t n, f, tile, wide;
     const Layer *L;             /* encoder layers 0 .. ne - 1, then the decoder's */
     int nl, ne;
-    const float *wp[MAX_LAYERS]; /* backward: each weight (out, in) zero-padded to (out, ow of its input) */
-    float *acts[MAX_LAYERS];    /* every layer's output, (n, ow) */
+    const float *wp[DAGMM_MAX_LAYERS]; /* backward: each weight (out, in) zero-padded to (out, ow of its input) */
+    float *acts[DAGMM_MAX_LAYERS];    /* every layer's output, (n, ow) */
     int mode;
     double eps, log_eps;
     float *z;                   /* forward: (n, lat + 2), the latent code and the two features */
@@ -48,8 +48,8 @@ typedef struct {
     const Net *net;
     Py_ssize_t r0, r1;
     float *work;
-    float *gw[MAX_LAYERS];  /* (out, ow of the input) */
-    double *gb[MAX_LAYERS]; /* (out,) */
+    float *gw[DAGMM_MAX_LAYERS];  /* (out, ow of the input) */
+    double *gb[DAGMM_MAX_LAYERS]; /* (out,) */
 } Part;
 
 static inline Py_ssize_t in_width(const Net *N, int l) { return l == 0 ? (N->f + 7) / 8 * 8 : N->L[l - 1].ow; }
@@ -216,10 +216,11 @@ static int describe_net(const char *kernel, Net *N, Layer *L, const int64_t *spe
     for (int l = 1; l < nl; l++)
         chained = chained && spec[5 * l] == spec[5 * (l - 1) + 1];
     if (N->n < 1 || ne < 1 || ne >= nl || !chained || spec[0] != N->f || spec[5 * (nl - 1) + 1] != N->f ||
-        spec[5 * (ne - 1) + 1] + 2 > 64) {
+        spec[5 * (ne - 1) + 1] + 2 > DAGMM_MAX_Z) {
         PyErr_Format(PyExc_ValueError, "%s: the encoder (the first n_enc layers) must map the %zd inputs of "
-                                       "%zd rows to a latent code at most 62 wide, and the decoder map it back, "
-                                       "each layer taking the last one's outputs", kernel, N->f, N->n);
+                                       "%zd rows to a latent code at most %d wide, and the decoder map it back, "
+                                       "each layer taking the last one's outputs", kernel, N->f, N->n,
+                     DAGMM_MAX_Z - 2);
         return -1;
     }
     N->L = L;
@@ -244,7 +245,7 @@ PyObject *py_train_forward(PyObject *self, PyObject *args)
     Py_ssize_t n, f, tile;
     int nl, ne, mode, threads;
     double eps, log_eps;
-    Layer L[MAX_LAYERS];
+    Layer L[DAGMM_MAX_LAYERS];
     Part parts[MAX_THREADS];
     Net N;
     (void)self;
@@ -277,7 +278,7 @@ PyObject *py_train_backward(PyObject *self, PyObject *args)
     Py_ssize_t n, f, tile;
     int nl, ne, mode, threads;
     double eps, log_eps, sq_coef;
-    Layer L[MAX_LAYERS];
+    Layer L[DAGMM_MAX_LAYERS];
     Part parts[MAX_THREADS];
     Net N;
     (void)self;

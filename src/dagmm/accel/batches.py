@@ -26,8 +26,6 @@ from typing import Callable
 
 import torch
 
-from . import fused
-
 __all__ = ["for_each_batch", "workers_for"]
 
 
@@ -41,8 +39,7 @@ def workers_for(device: torch.device, n_batches: int) -> int:
 def for_each_batch(body: Callable[[int, int], None], n: int, batch_size: int, workers: int) -> None:
     """Call ``body(start, stop)`` for consecutive row ranges of at most ``batch_size`` rows.
 
-    Every call runs in inference mode inside :func:`dagmm.accel.fused.reuse_buffers`
-    (buffers are per thread).  With ``workers > 1`` the ranges are dealt out
+    Every call runs in inference mode.  With ``workers > 1`` the ranges are dealt out
     to that many threads, each with torch's intra-op threads set to one; the
     first exception raised by ``body`` stops the other threads after their
     current batch and is raised here.  ``body`` must write each range's result
@@ -50,7 +47,7 @@ def for_each_batch(body: Callable[[int, int], None], n: int, batch_size: int, wo
     """
     starts = range(0, n, batch_size)
     if workers <= 1:
-        with torch.inference_mode(), fused.reuse_buffers():
+        with torch.inference_mode():
             for start in starts:
                 body(start, min(n, start + batch_size))
         return
@@ -60,7 +57,7 @@ def for_each_batch(body: Callable[[int, int], None], n: int, batch_size: int, wo
     def work(first: int) -> None:
         torch.set_num_threads(1)
         try:
-            with torch.inference_mode(), fused.reuse_buffers():
+            with torch.inference_mode():
                 for start in starts[first::workers]:
                     if stop.is_set():
                         return

@@ -223,6 +223,33 @@ def cmd_info(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------- export
+def cmd_export(args) -> int:
+    import dagmm
+
+    path = Path(args.model)
+    settings = None
+    if (path / PREPROCESSING).is_file():  # a `dagmm fit` directory: the detector part, fed encoded rows
+        _, pre, settings = _load_model(args.model)
+        path = path / DETECTOR
+    if not path.is_dir():
+        raise FileNotFoundError(f"No model directory at {args.model}")
+    od = dagmm.load_detector(str(path))
+    meta = {}
+    if settings is not None:
+        meta = {"dagmm.input_columns": pre.output_names(),
+                "dagmm.input": "the rows of dagmm.tables.preprocess.TabularPreprocessor.transform (preprocessing.json)"}
+    out = dagmm.export_onnx(od, args.onnx, outlier_perc=args.outlier_perc, metadata=meta)
+    shape = ", ".join(str(s) for s in ("N", *od.feature_shape_))
+    outputs = "instance_score, feature_score" if isinstance(od, dagmm.OutlierAE) else "instance_score"
+    print(f"Wrote {out}: input x float32 ({shape}), outputs {outputs}; threshold {od.threshold}.")
+    if settings is not None:
+        print(f"The input is the {len(pre.output_names())} encoded columns of {PREPROCESSING} (one-hot and "
+              "standardised as `dagmm score` does; listed in the model's metadata as dagmm.input_columns); "
+              "the detector's own scaling is inside the graph.")
+    return 0
+
+
 # --------------------------------------------------------------------- serve
 def cmd_serve(args) -> int:
     from ..serving import serve

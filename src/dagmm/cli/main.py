@@ -1,4 +1,4 @@
-"""The ``dagmm`` command line.
+"""The ``dagmm`` command line (``dagmm fit|score|evaluate|info|export|bench|demo``).
 
 Exit codes: 0 success, 1 runtime error (one line on stderr; ``--debug`` shows
 the traceback), 2 usage error.
@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a saved model")
     info.add_argument("model", help="model directory written by `dagmm fit` or save_detector")
     _add_common(info)
+
+    export = sub.add_parser("export", help="write a saved model as one ONNX graph (scaling, network, scores)")
+    export.add_argument("model", help="model directory written by `dagmm fit` or save_detector")
+    export.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    export.add_argument("--outlier-perc", type=float, default=100.0,
+                        help="OutlierAE: percentage of the worst features averaged per row (default 100)")
+    _add_common(export)
 
     serve = sub.add_parser("serve", help="serve detector directories over the Open Inference Protocol (REST)")
     serve.add_argument("models", nargs="+", metavar="DIR", help="directories from `dagmm fit` or save_detector; "

@@ -9,19 +9,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import accel
 from .._validation import check_array, check_percent, check_positive_int
 from .base import DEFAULT_SCORE_BATCH, BaseDetector, seeded
-from ..training.auto import (
-    AUTO_LR,
-    ae_config,
-    build_ae_nets,
-    check_standardize,
-    resolve_schedule,
-    train_scheduled,
-)
+from ..training.auto import AUTO_LR, ae_config, check_standardize, resolve_schedule
 from ..models.losses import loss_mse
-from ..models.nets import AENet, default_ae_nets
-from ..training.loop import OptimizerArg, resolve_optimizer
+from ..models.nets import AENet, build_ae_nets, default_ae_nets
+from ..training.loop import OptimizerArg, resolve_optimizer, train_scheduled
 
 __all__ = ["OutlierAE"]
 
@@ -251,12 +245,26 @@ class OutlierAE(BaseDetector):
         """The auto-encoder's reconstruction of X, float32, shape of X, in the units of X."""
         self._check_fitted("reconstruct")
         X = self._checked(X)
-        self.ae.eval()
-        recon = self._batched_into(lambda xb, out: out.copy_(self.ae(xb)), X, batch_size, X.shape[1:],
-                                   torch.float32, on_device=False)
+        recon = self._batched_into(self._reconstruct_into(), X, batch_size, X.shape[1:], torch.float32,
+                                   on_device=False)
         if getattr(self, "scaler_mean_", None) is None:
             return recon
         return (recon * self.scaler_scale_ + self.scaler_mean_).astype(np.float32)
+
+    def _reconstruct_into(self) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        """``fn(xb, out)`` writing the net's reconstruction of ``xb`` into ``out`` (float32, the shape of ``xb``).
+
+        One C call per batch where :func:`dagmm.accel.reconstructor` takes the
+        net, else the module itself.  Puts the net in eval mode.
+        """
+        self.ae.eval()
+        model, kernel = self.ae, accel.reconstructor(self.ae)
+
+        def recon_into(xb: torch.Tensor, out: torch.Tensor) -> None:
+            if kernel is None or not kernel(xb, out):
+                out.copy_(model(xb))
+
+        return recon_into
 
     @_scaled_staticmethod
     def feature_score(X_orig: Any, X_recon: Any, scale: Optional[np.ndarray] = None) -> np.ndarray:
@@ -316,14 +324,11 @@ class OutlierAE(BaseDetector):
         self._check_fitted("score")
         outlier_perc = _check_outlier_perc(outlier_perc)
         X = self._checked(X)
-        self.ae.eval()
+        recon_into = self._reconstruct_into()
 
         def sq_err(xb: torch.Tensor, out: torch.Tensor) -> None:
-            recon = self.ae(xb)
-            if recon.dtype == out.dtype:
-                torch.sub(xb, recon, out=out).square_()  # no temporaries
-            else:
-                out.copy_((xb - recon).square())
+            recon_into(xb, out)
+            torch.sub(xb, out, out=out).square_()  # no temporaries
 
         # as large as X, so it is gathered on the host batch by batch
         fscore = self._batched_into(sq_err, X, batch_size, X.shape[1:], torch.float32, on_device=False)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..accel import fused_mlp
+from .. import accel
 from .._validation import check_array, check_percent, check_positive_int
 from .base import DEFAULT_SCORE_BATCH, BaseDetector, seeded
 from ..models.features import default_recon_features, log_mse_cosine
@@ -22,18 +22,10 @@ from ..models.gmm import (
     precision_cholesky,
     sample_energy,
 )
-from ..training.auto import (
-    AUTO_LR,
-    aegmm_config,
-    build_aegmm_nets,
-    check_standardize,
-    resolve_schedule,
-    train_scheduled,
-)
+from ..training.auto import AUTO_LR, aegmm_config, check_standardize, resolve_schedule
 from ..models.losses import loss_aegmm
-from ..models.nets import AEGMMNet, paper_kddcup_nets
-from ..accel.train_step import aegmm_loss, kernel_threads
-from ..training.loop import OptimizerArg, resolve_optimizer
+from ..models.nets import AEGMMNet, build_aegmm_nets, paper_kddcup_nets
+from ..training.loop import OptimizerArg, resolve_optimizer, train_scheduled
 
 #: Learning rate and loss weights of user networks and the paper architecture (the paper's values).
 PAPER_LR, PAPER_W_ENERGY, PAPER_W_COV_DIAG = 1e-4, 0.1, 0.005
@@ -331,13 +323,13 @@ class OutlierAEGMM(BaseDetector):
             model = self.aegmm
 
             def batch_loss(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                fast = aegmm_loss(model, xb, loss_fn, **kwargs)  # one node on the C kernels, where it applies
+                fast = accel.aegmm_loss(model, xb, loss_fn, **kwargs)  # one node on the C kernels, where it applies
                 if fast is not None:
                     return fast
                 x_recon, z, gamma = model(xb)
                 return loss_fn(xb, x_recon, z, gamma, **kwargs), x_recon
 
-            with kernel_threads():
+            with accel.kernel_threads():
                 self.history_, stopped = train_scheduled(
                     model, X, batch_loss, opt, plan, seed=seed, generator=gen, device=self.device,
                     callbacks=callbacks, verbose=verbose, log_metric=log_metric, desc="OutlierAEGMM")
@@ -390,8 +382,8 @@ class OutlierAEGMM(BaseDetector):
         plain = isinstance(model, AEGMMNet) and type(model).forward is AEGMMNet.forward
         latent = model.encode if plain else (lambda xb: model(xb)[:2])
 
-        # the whole energy in one C call per batch where the model and data allow (dagmm.accel.fused_mlp)
-        kernel = fused_mlp.energy_kernel(model, phi, mu, prec) if plain else None
+        # the whole energy in one C call per batch where the model and data allow
+        kernel = accel.energy_scorer(model, phi, mu, prec) if plain else None
 
         def energy(xb: torch.Tensor, out: torch.Tensor) -> None:
             if kernel is None or not kernel(xb, out):

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import numpy as np
 import torch
 
-from ..accel.batches import for_each_batch, workers_for
+from ..accel import for_each_batch, workers_for
 from .._validation import check_array, check_positive_int
 from ..training.auto import apply_standardize, standardize_stats
 from .._version import __version__
@@ -111,7 +111,7 @@ class BaseDetector:
 
         ``fn(xb, out)`` writes the result for the rows ``xb`` into ``out``.
         On CPU the batches are shared among ``torch.get_num_threads()``
-        threads, one batch at a time each (:mod:`dagmm.accel.batches`), so ``fn``
+        threads, one batch at a time each (:func:`dagmm.accel.for_each_batch`), so ``fn``
         must not depend on the order of the batches.
         With ``on_device=True`` the result lives on the detector's device
         and crosses to the host in one transfer at the end (on CPU it is the
@@ -129,7 +129,6 @@ class BaseDetector:
             (n, *row_shape), dtype=dtype, device=self.device)
         staged = buf is host_t and self.device.type != "cpu"
 
-        # fn consumes each batch's intermediates before the next: safe to reuse them
         def body(start: int, stop: int) -> None:
             xb = torch.from_numpy(X[start:stop]).to(self.device, non_blocking=True)
             if staged:

@@ -9,13 +9,9 @@ epsilon argument by accident and returns the negative cosine; these do not.)
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
-from torch.autograd.function import once_differentiable
-
-from ..accel import native
-from ..accel.fused import buffer
 
 __all__ = ["relative_euclidean", "cosine_similarity", "default_recon_features", "log_mse_cosine", "RECON_EPS",
            "LOG_MSE_EPS"]
@@ -70,50 +66,24 @@ def log_mse_cosine(x: torch.Tensor, x_recon: torch.Tensor) -> torch.Tensor:
 def _recon_pair(x: torch.Tensor, x_recon: torch.Tensor, first: str) -> torch.Tensor:
     """The closed-form node when only ``x_recon`` needs a gradient, else the plain formulas.
 
-    On CPU both go through the C kernel of :mod:`dagmm.accel.native` where it is
-    built: one pass over the rows forward and one backward, no (N, F) temporaries.
+    The node saves three passes over (N, F) in a training step without the C
+    kernels (``benchmarks/results/NOTES-speed.md``, eighth pass); without
+    gradients (scoring, ONNX export) the formulas run as they are written.
     """
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or x_recon.requires_grad)
-    x2, r2 = x.flatten(1), x_recon.flatten(1)  # (N, F)
-    fast = native.usable(x2, r2) and x2.dtype == r2.dtype and x2.shape == r2.shape and x2.is_contiguous() \
-        and r2.is_contiguous()
     if needs_grad and not x.requires_grad:
-        return (_NativeReconPair if fast else _ReconPair).apply(x, x_recon, first)
-    if fast and not needs_grad:
-        return _native_forward(x2, r2, first, None)
-    return _pair_forward(x2, r2, first, reuse=not needs_grad)[0]
+        return _ReconPair.apply(x, x_recon, first)
+    return _pair_forward(x.flatten(1), x_recon.flatten(1), first)[0]
 
 
-_MODES = {"relative": 0, "log_mse": 1}
-
-
-def _native_forward(x: torch.Tensor, r: torch.Tensor, first: str, saved: Optional[torch.Tensor]) -> torch.Tensor:
-    """Features of contiguous (N, F) rows by the C kernel; per-row norms into ``saved`` (N, 5) if given."""
-    out = buffer(("recon features", "native"), x.shape[0], 2, x) if saved is None else x.new_empty((x.shape[0], 2))
-    native.kernels.recon_forward(x.data_ptr(), r.data_ptr(), x.shape[0], x.shape[1], x.dtype == torch.float64,
-                                 _MODES[first], RECON_EPS, LOG_MSE_EPS, out.data_ptr(),
-                                 0 if saved is None else saved.data_ptr())
-    return out
-
-
-def _pair_forward(x: torch.Tensor, r: torch.Tensor, first: str, reuse: bool) -> tuple:
-    """Features of flattened (N, F) rows, and the per-row quantities the gradient needs.
-
-    With ``reuse`` the two (N, F) temporaries are written into buffers from
-    :func:`dagmm.accel.fused.buffer` (reused from batch to batch when scoring);
-    never when they are kept for a backward or autograd records the ops.
-    """
+def _pair_forward(x: torch.Tensor, r: torch.Tensor, first: str) -> tuple:
+    """Features of flattened (N, F) rows, and the per-row quantities the gradient needs."""
     x_norm = torch.linalg.vector_norm(x, dim=1)
     r_norm = torch.linalg.vector_norm(r, dim=1)
-    if reuse:
-        diff = torch.sub(r, x, out=buffer(("recon features", "diff"), *x.shape, x))  # (N, F)
-        dot = torch.mul(x, r, out=buffer(("recon features", "product"), *x.shape, x)).sum(1)  # as vecdot computes it
-    else:
-        diff = r - x  # (N, F)
-        dot = torch.linalg.vecdot(x, r)
+    diff = r - x  # (N, F)
     err = torch.linalg.vector_norm(diff, dim=1)  # ||x - x'||
     den = x_norm * r_norm
-    cos = dot / den.clamp_min(RECON_EPS)
+    cos = (x * r).sum(1) / den.clamp_min(RECON_EPS)  # not vecdot: ONNX has no operator for it
     if first == "relative":
         head = err / x_norm.clamp_min(RECON_EPS)
     else:
@@ -132,7 +102,7 @@ class _ReconPair(torch.autograd.Function):
     def forward(ctx, x, x_recon, first):
         shape = x_recon.shape
         x, r = x.flatten(1), x_recon.flatten(1)  # (N, F)
-        out, parts = _pair_forward(x, r, first, reuse=False)
+        out, parts = _pair_forward(x, r, first)
         ctx.save_for_backward(x, r, *parts)
         ctx.first, ctx.shape = first, shape
         return out
@@ -152,34 +122,3 @@ class _ReconPair(torch.autograd.Function):
         b = torch.where((den > RECON_EPS) & (r_norm > 0), -g_cos * cos / r_norm.square(), torch.zeros_like(cos))
         grad_r = torch.addcmul(torch.addcmul(diff * a[:, None], r, b[:, None]), x, c[:, None])  # (N, F)
         return None, grad_r.view(ctx.shape), None
-
-
-class _NativeReconPair(torch.autograd.Function):
-    """:class:`_ReconPair` computed by the C kernel (contiguous CPU rows of one float dtype)."""
-
-    @staticmethod
-    def forward(ctx, x, x_recon, first):
-        x2, r2 = x.flatten(1), x_recon.flatten(1)  # (N, F)
-        saved = torch.empty((x2.shape[0], 5), dtype=torch.float64)  # norms, error, their product, cosine
-        out = _native_forward(x2, r2, first, saved)
-        ctx.save_for_backward(x2, r2, saved)
-        ctx.first, ctx.shape = first, x_recon.shape
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, r, saved = ctx.saved_tensors
-        return None, _native_backward(x, r, ctx.first, grad, saved).view(ctx.shape), None
-
-
-def _native_backward(x: torch.Tensor, r: torch.Tensor, first: str, grad: torch.Tensor, saved: torch.Tensor,
-                     sq_coef: float = 0.0) -> torch.Tensor:
-    """d/dx' (N, F) of the features by the C kernel for ``grad`` (N, 2), any strides, and ``saved`` from
-    :func:`_native_forward`; plus ``sq_coef (x' - x)``, the gradient of ``sq_coef / 2`` times the squared
-    error (the loss of :mod:`dagmm.accel.train_step` adds it here)."""
-    out = torch.empty_like(r)
-    native.kernels.recon_backward(x.data_ptr(), r.data_ptr(), x.shape[0], x.shape[1], x.dtype == torch.float64,
-                                  _MODES[first], RECON_EPS, LOG_MSE_EPS, grad.data_ptr(), *grad.stride(),
-                                  grad.dtype == torch.float64, saved.data_ptr(), out.data_ptr(), sq_coef)
-    return out

@@ -273,12 +273,19 @@ def _log_prob_t(zt: torch.Tensor, phi: torch.Tensor, mu: torch.Tensor, prec_chol
     With K and D this small, sums and broadcasts over a short innermost axis
     cost several times the same arithmetic laid out this way.
     """
-    d = zt.shape[0]
-    k = prec_chol.shape[0]
-    prec_t, offset, const = energy_terms(phi, mu, prec_chol)
+    return log_prob_from_terms(zt, *energy_terms(phi, mu, prec_chol))
+
+
+def log_prob_from_terms(zt: torch.Tensor, prec_t: torch.Tensor, offset: torch.Tensor,
+                        const: torch.Tensor) -> torch.Tensor:
+    """``log phi_k N(z; mu_k, cov_k)`` laid out (K, N) for a (D, N) ``zt``, from :func:`energy_terms`.
+
+    The ONNX export (:func:`dagmm.export_onnx`) calls it with the terms precomputed as constants.
+    """
+    k, d = offset.shape
     # the P_k^T stacked form one (K*D, D) matrix: a single product serves every component
-    proj = torch.addmm(offset.view(k * d, 1), prec_t.reshape(k * d, d), zt.to(prec_chol.dtype), beta=-1.0)  # (K*D, N)
-    maha = proj.square().view(k, d, -1).sum(1)  # (K, N)
+    proj = torch.addmm(offset.reshape(k * d, 1), prec_t.reshape(k * d, d), zt.to(prec_t.dtype), beta=-1.0)  # (K*D, N)
+    maha = proj.square().reshape(k, d, -1).sum(1)  # (K, N)
     return const[:, None] - 0.5 * maha
 
 
@@ -286,7 +293,8 @@ def energy_terms(phi: torch.Tensor, mu: torch.Tensor, prec_chol: torch.Tensor) -
     """``(P^T (K, D, D), P^T mu (K, D), c (K,))``: ``log phi_k N(z; mu_k, cov_k) = c_k - |P_k^T (z - mu_k)|^2 / 2``.
 
     ``P_k`` is the precision's Cholesky factor; ``c_k = log phi_k + log det P_k - D log(2 pi) / 2``.
-    Shared by :func:`sample_energy` and the C scoring kernel (:mod:`dagmm.accel.fused_mlp`).
+    Shared by :func:`sample_energy`, the C scoring kernel (:func:`dagmm.accel.energy_scorer`) and the ONNX
+    export (:func:`dagmm.export_onnx`).
     """
     d = mu.shape[1]
     prec_t = prec_chol.transpose(1, 2)  # (K, D, D): P_k^T

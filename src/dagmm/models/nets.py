@@ -1,4 +1,10 @@
-"""Network modules of DAGMM.  They compute; they never validate or batch data."""
+"""Network modules of DAGMM and the builders of the library's architectures.
+
+Plain torch: every ``forward`` runs on any device and exports (``torch.onnx``).
+The detectors ask :mod:`dagmm.accel` for the C kernels' fast path and call the
+modules themselves where it does not apply.  They compute; they never validate
+or batch data.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,11 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..accel import fused
 from .._layout import channels_last
 from .features import default_recon_features
 
-__all__ = ["AEGMMNet", "AENet", "ConvDecoder", "ConvEncoder", "default_ae_nets", "mlp", "paper_kddcup_nets"]
+__all__ = ["AEGMMNet", "AENet", "ConvDecoder", "ConvEncoder", "build_ae_nets", "build_aegmm_nets", "default_ae_nets",
+           "mlp", "paper_kddcup_nets"]
 
 
 def mlp(widths: list[int], activation: type[nn.Module] = nn.Tanh, last_activation: bool = False) -> nn.Sequential:
@@ -55,6 +61,30 @@ def paper_kddcup_nets(
     return encoder, decoder, density
 
 
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def build_aegmm_nets(config: dict, n_gmm: int, n_recon_features: int = 2) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """Encoder, decoder and estimation network described by an :func:`dagmm.training.auto.aegmm_config` dict."""
+    act = _ACTIVATIONS[config["activation"]]
+    encoder = mlp(list(config["encoder"]), act)
+    decoder = mlp(list(config["decoder"]), act)
+    latent, hidden = config["encoder"][-1], config["density"][1]
+    density = nn.Sequential(
+        nn.Linear(latent + n_recon_features, hidden), nn.Tanh(), nn.Dropout(config["dropout"]),
+        nn.Linear(hidden, n_gmm), nn.Softmax(dim=1),
+    )
+    return encoder, decoder, density
+
+
+def build_ae_nets(config: dict, feature_shape: Sequence[int]) -> tuple[nn.Module, nn.Module]:
+    """Encoder and decoder described by an :func:`dagmm.training.auto.ae_config` dict (rows are flattened and restored)."""
+    act = _ACTIVATIONS[config["activation"]]
+    encoder = nn.Sequential(nn.Flatten(), mlp(list(config["encoder"]), act))
+    decoder = nn.Sequential(mlp(list(config["decoder"]), act), nn.Unflatten(1, tuple(feature_shape)))
+    return encoder, decoder
+
+
 class AEGMMNet(nn.Module):
     """Compression network plus estimation network.
 
@@ -78,14 +108,14 @@ class AEGMMNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_recon, z)`` without the estimation network (all that scoring needs)."""
-        latent = fused.run(self.encoder, x)
-        x_recon = fused.run(self.decoder, latent)
+        latent = self.encoder(x)
+        x_recon = self.decoder(latent)
         z = torch.cat([latent.flatten(1), self.recon_features(x, x_recon)], dim=1)  # (N, L + R)
         return x_recon, z
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x_recon, z = self.encode(x)
-        return x_recon, z, fused.run(self.gmm_density, z)
+        return x_recon, z, self.gmm_density(z)
 
 
 class AENet(nn.Module):
@@ -97,7 +127,7 @@ class AENet(nn.Module):
         self.decoder = decoder_net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused.run(self.decoder, fused.run(self.encoder, x))
+        return self.decoder(self.encoder(x))
 
 
 class ConvEncoder(nn.Module):

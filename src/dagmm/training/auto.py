@@ -52,15 +52,11 @@ Why these rules (measured by ``benchmarks/defaults.py``):
 
 from __future__ import annotations
 
-import copy
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..models.nets import mlp
 
 __all__ = [
     "aegmm_config",
@@ -72,13 +68,8 @@ __all__ = [
     "n_components",
     "standardize_stats",
     "apply_standardize",
-    "build_aegmm_nets",
-    "build_ae_nets",
-    "EarlyStopping",
     "check_standardize",
-    "split_holdout",
     "resolve_schedule",
-    "train_scheduled",
 ]
 
 #: Adam learning rate of the automatic schedule.
@@ -196,30 +187,6 @@ def ae_config(n_rows: int, feature_shape: Sequence[int]) -> dict:
     }
 
 
-_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
-
-
-def build_aegmm_nets(config: dict, n_gmm: int, n_recon_features: int = 2) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """Encoder, decoder and estimation network described by an :func:`aegmm_config` dict."""
-    act = _ACTIVATIONS[config["activation"]]
-    encoder = mlp(list(config["encoder"]), act)
-    decoder = mlp(list(config["decoder"]), act)
-    latent, hidden = config["encoder"][-1], config["density"][1]
-    density = nn.Sequential(
-        nn.Linear(latent + n_recon_features, hidden), nn.Tanh(), nn.Dropout(config["dropout"]),
-        nn.Linear(hidden, n_gmm), nn.Softmax(dim=1),
-    )
-    return encoder, decoder, density
-
-
-def build_ae_nets(config: dict, feature_shape: Sequence[int]) -> tuple[nn.Module, nn.Module]:
-    """Encoder and decoder described by an :func:`ae_config` dict (rows are flattened and restored)."""
-    act = _ACTIVATIONS[config["activation"]]
-    encoder = nn.Sequential(nn.Flatten(), mlp(list(config["encoder"]), act))
-    decoder = nn.Sequential(mlp(list(config["decoder"]), act), nn.Unflatten(1, tuple(feature_shape)))
-    return encoder, decoder
-
-
 # ----------------------------------------------------------------- scaling
 def check_standardize(value: Any) -> Any:
     """``'auto'``, ``True`` or ``False``."""
@@ -253,69 +220,6 @@ def apply_standardize(X: np.ndarray, mean: Optional[np.ndarray], scale: Optional
     return np.ascontiguousarray((X - mean) / scale, dtype=np.float32)
 
 
-def split_holdout(n_rows: int, val_rows: int, seed: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Random disjoint (fit, held-out) row indices; seeded when ``seed`` is given."""
-    rng = np.random.default_rng(None if seed is None else int(seed) + 2)
-    perm = rng.permutation(n_rows)
-    return np.sort(perm[val_rows:]), np.sort(perm[:val_rows])
-
-
-class EarlyStopping:
-    """Epoch-end callback for :func:`dagmm.training.loop.train`: held-out loss, patience in steps, best weights.
-
-    Every ``eval_every`` optimizer steps (checked at epoch ends) it computes
-    ``val_loss()`` with the model in eval mode, keeps a copy of the weights
-    with the lowest value, and stops training when ``patience_steps`` steps
-    have passed without improvement or ``max_steps`` were taken.  Call
-    :meth:`restore` afterwards to load the best weights.
-    """
-
-    def __init__(self, model: nn.Module, val_loss: Callable[[], float], steps_per_epoch: int,
-                 max_steps: int, patience_steps: int, eval_every: int) -> None:
-        self.model = model
-        self.val_loss = val_loss
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.max_steps = int(max_steps)
-        self.patience_steps = int(patience_steps)
-        self.eval_every = int(eval_every)
-        self.steps = 0
-        self.last_eval = 0
-        self.best = math.inf
-        self.best_step = 0
-        self.best_state: Optional[dict] = None
-        self.evaluations: list[tuple[int, float]] = []
-
-    def on_epoch_end(self, epoch: int, logs: dict) -> bool:
-        self.steps += self.steps_per_epoch
-        done = self.steps >= self.max_steps
-        if self.steps - self.last_eval >= self.eval_every or done:
-            self.last_eval = self.steps
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                with torch.no_grad():
-                    value = float(self.val_loss())
-            finally:
-                self.model.train(was_training)
-            logs["val_loss"] = value
-            self.evaluations.append((self.steps, value))
-            if math.isfinite(value) and value < self.best:
-                self.best, self.best_step = value, self.steps
-                self.best_state = copy.deepcopy(self.model.state_dict())
-            elif self.steps - self.best_step >= self.patience_steps:
-                return True
-        return done
-
-    def restore(self) -> None:
-        """Load the weights with the lowest held-out loss (no-op if none was finite)."""
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
-
-    def summary(self) -> dict:
-        return {"steps": self.steps, "best_step": self.best_step,
-                "best_val_loss": self.best if math.isfinite(self.best) else None}
-
-
 def resolve_schedule(config: Optional[dict], n_rows: int, epochs: Optional[int],
                      batch_size: Optional[int]) -> dict:
     """Epochs, batch size and early stopping of one ``fit`` call.
@@ -340,43 +244,3 @@ def resolve_schedule(config: Optional[dict], n_rows: int, epochs: Optional[int],
             "early_stopping": val_rows > 0, "val_rows": val_rows, "steps_per_epoch": steps_per_epoch,
             "max_steps": config["max_steps"], "patience_steps": config["patience_steps"],
             "eval_every": config["eval_every"]}
-
-
-def train_scheduled(model: nn.Module, X: np.ndarray, batch_loss: Callable, optimizer: torch.optim.Optimizer,
-                    plan: dict, *, seed: Optional[int], generator: Optional[torch.Generator],
-                    device: torch.device, callbacks: Optional[Sequence[Any]] = None,
-                    **train_kwargs: Any) -> tuple[list[dict], Optional[dict]]:
-    """Run :func:`dagmm.training.loop.train` on X as ``plan`` (from :func:`resolve_schedule`) says.
-
-    With early stopping, ``plan['val_rows']`` random rows are held out, the
-    held-out loss ``batch_loss(X_val)[0]`` is tracked by :class:`EarlyStopping`
-    (before the user's callbacks, so their ``logs`` carry ``val_loss``) and
-    the best weights are restored.  Returns the history and the
-    early-stopping summary (``None`` without early stopping).
-    """
-    from ..models.gmm import CholeskyError
-    from .loop import train
-
-    stopper = None
-    cbs = list(callbacks or ())
-    if plan["early_stopping"]:
-        fit_idx, val_idx = split_holdout(len(X), plan["val_rows"], seed)
-        X_val = torch.from_numpy(X[val_idx]).to(device)
-        X = X[fit_idx]
-
-        def val_loss() -> float:
-            try:
-                return float(batch_loss(X_val)[0])
-            except CholeskyError:
-                return math.inf
-
-        stopper = EarlyStopping(model, val_loss, plan["steps_per_epoch"], plan["max_steps"],
-                                plan["patience_steps"], plan["eval_every"])
-        cbs.insert(0, stopper)
-    X_t = torch.from_numpy(np.ascontiguousarray(X)).to(device)
-    history = train(model, X_t, batch_loss, optimizer, plan["epochs"], plan["batch_size"],
-                    generator=generator, callbacks=cbs, **train_kwargs)
-    if stopper is None:
-        return history, None
-    stopper.restore()
-    return history, stopper.summary()

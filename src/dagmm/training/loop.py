@@ -1,24 +1,28 @@
-"""The one training loop shared by every detector.
+"""The one trainer shared by every detector: the loop, the optimiser, early stopping, the schedule's run.
 
 Data live in a single in-memory tensor; each epoch draws a seeded permutation
 and slices mini-batches from it, so there is no per-row ``DataLoader``
-overhead and no host/device round trip inside the step.
+overhead and no host/device round trip inside the step.  :func:`train_scheduled`
+runs :func:`train` as a schedule of :mod:`dagmm.training.auto` says, with
+:class:`EarlyStopping` on a held-out slice.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim import optimizer as _opt
 
-from ..accel import native
+from .. import accel
 from ..models.gmm import CholeskyError
 
-__all__ = ["LeanAdam", "TrainingDivergedError", "default_adam", "resolve_optimizer", "train"]
+__all__ = ["EarlyStopping", "LeanAdam", "TrainingDivergedError", "default_adam", "resolve_optimizer", "split_holdout",
+           "train", "train_scheduled"]
 
 OptimizerArg = Union[None, type, Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]]
 BatchLoss = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -38,10 +42,10 @@ class LeanAdam(torch.optim.Adam):
     makes, the step-counter increment and ``torch._fused_adam_``, on lists
     kept from that step: the same kernel with the same arguments, so the
     same numbers (``tests/test_training.py`` compares them bit for bit).
-    Where the C kernels are built and on (:mod:`dagmm.accel.native`) and every
-    parameter, gradient and state tensor is a contiguous float32 CPU tensor,
-    the step is instead one C call for all parameters and their step
-    counters (``adam_step`` in ``dagmm/accel/_native_act.c``): the same update to
+    Where the C kernels are on (:mod:`dagmm.accel`) and every parameter,
+    gradient and state tensor is a contiguous float32 CPU tensor, the step is
+    instead one C call for all parameters and their step counters
+    (:func:`dagmm.accel.adam_plan`, ``dagmm/accel/_native_adam.c``): the same update to
     float32 rounding, without the fused kernel's per-tensor dispatch, which
     cost several times the arithmetic here (``benchmarks/results/NOTES-speed.md``,
     seventh pass).
@@ -58,25 +62,20 @@ class LeanAdam(torch.optim.Adam):
             loss = super().step(closure)
             self._lean = self._cache()
             return loss
-        params, exp_avgs, exp_avg_sqs, steps, table, where = lean
+        params, exp_avgs, exp_avg_sqs, steps, plan = lean
         grads = [p.grad for p in params]
         if any(g is None for g in grads):
             self._lean = None
             return self.step()  # the parent steps and makes a new cache
         group = self.param_groups[0]
         beta1, beta2 = group["betas"]
-        if table is not None:
+        if plan is not None:
             # The C step writes to the addresses it was given: a parameter given new storage (p.data = ...)
-            # sends the step back to the parent, which makes a new cache.  Assigning p.grad checks its
-            # dtype, device and shape against p's, so only the gradients' layout is left to check.
-            if [p.data_ptr() for p in params] != where:
+            # sends the step back to the parent, which makes a new cache.
+            if plan.moved():
                 self._lean = None
                 return self.step()  # the parent steps and makes a new cache
-            if native.enabled and not group["maximize"] and all(
-                    type(group[k]) in (float, int) for k in ("lr", "eps", "weight_decay")) and all(
-                    g.is_contiguous() for g in grads):
-                native.kernels.adam_step(table.data_ptr(), [g.data_ptr() for g in grads], group["lr"], beta1,
-                                         beta2, group["eps"], group["weight_decay"])
+            if plan.step(grads, group["lr"], beta1, beta2, group["eps"], group["weight_decay"], group["maximize"]):
                 return None
         torch._foreach_add_(steps, 1)
         torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
@@ -117,20 +116,7 @@ class LeanAdam(torch.optim.Adam):
             return None
         states = [self.state[p] for p in params]
         exp_avgs, exp_avg_sqs, steps = ([s[k] for s in states] for k in ("exp_avg", "exp_avg_sq", "step"))
-        return (list(params), exp_avgs, exp_avg_sqs, steps, _adam_table(params, exp_avgs, exp_avg_sqs, steps, group),
-                [p.data_ptr() for p in params])
-
-
-def _adam_table(params: list, exp_avgs: list, exp_avg_sqs: list, steps: list, group: dict) -> Optional[torch.Tensor]:
-    """The C Adam step's description of the parameters and their state, or None where it does not apply."""
-    if native.kernels is None:
-        return None
-    for p, m, v, t in zip(params, exp_avgs, exp_avg_sqs, steps):
-        if not all(x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous() and x.shape == p.shape
-                   for x in (p, m, v)) or t.dtype != torch.float32 or t.device.type != "cpu" or t.numel() != 1:
-            return None
-    return torch.tensor([[p.data_ptr(), m.data_ptr(), v.data_ptr(), t.data_ptr(), p.numel()]
-                         for p, m, v, t in zip(params, exp_avgs, exp_avg_sqs, steps)], dtype=torch.int64)  # (P, 5)
+        return list(params), exp_avgs, exp_avg_sqs, steps, accel.adam_plan(params, exp_avgs, exp_avg_sqs, steps)
 
 
 def default_adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
@@ -305,3 +291,103 @@ def train(
         bar.close()
         model.eval()
     return history
+
+
+def split_holdout(n_rows: int, val_rows: int, seed: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Random disjoint (fit, held-out) row indices; seeded when ``seed`` is given."""
+    rng = np.random.default_rng(None if seed is None else int(seed) + 2)
+    perm = rng.permutation(n_rows)
+    return np.sort(perm[val_rows:]), np.sort(perm[:val_rows])
+
+
+class EarlyStopping:
+    """Epoch-end callback for :func:`train`: held-out loss, patience in steps, best weights.
+
+    Every ``eval_every`` optimizer steps (checked at epoch ends) it computes
+    ``val_loss()`` with the model in eval mode, keeps a copy of the weights
+    with the lowest value, and stops training when ``patience_steps`` steps
+    have passed without improvement or ``max_steps`` were taken.  Call
+    :meth:`restore` afterwards to load the best weights.
+    """
+
+    def __init__(self, model: nn.Module, val_loss: Callable[[], float], steps_per_epoch: int,
+                 max_steps: int, patience_steps: int, eval_every: int) -> None:
+        self.model = model
+        self.val_loss = val_loss
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.max_steps = int(max_steps)
+        self.patience_steps = int(patience_steps)
+        self.eval_every = int(eval_every)
+        self.steps = 0
+        self.last_eval = 0
+        self.best = math.inf
+        self.best_step = 0
+        self.best_state: Optional[dict] = None
+        self.evaluations: list[tuple[int, float]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> bool:
+        self.steps += self.steps_per_epoch
+        done = self.steps >= self.max_steps
+        if self.steps - self.last_eval >= self.eval_every or done:
+            self.last_eval = self.steps
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    value = float(self.val_loss())
+            finally:
+                self.model.train(was_training)
+            logs["val_loss"] = value
+            self.evaluations.append((self.steps, value))
+            if math.isfinite(value) and value < self.best:
+                self.best, self.best_step = value, self.steps
+                self.best_state = copy.deepcopy(self.model.state_dict())
+            elif self.steps - self.best_step >= self.patience_steps:
+                return True
+        return done
+
+    def restore(self) -> None:
+        """Load the weights with the lowest held-out loss (no-op if none was finite)."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+    def summary(self) -> dict:
+        return {"steps": self.steps, "best_step": self.best_step,
+                "best_val_loss": self.best if math.isfinite(self.best) else None}
+
+
+def train_scheduled(model: nn.Module, X: np.ndarray, batch_loss: Callable, optimizer: torch.optim.Optimizer,
+                    plan: dict, *, seed: Optional[int], generator: Optional[torch.Generator],
+                    device: torch.device, callbacks: Optional[Sequence[Any]] = None,
+                    **train_kwargs: Any) -> tuple[list[dict], Optional[dict]]:
+    """Run :func:`train` on X as ``plan`` (from :func:`dagmm.training.auto.resolve_schedule`) says.
+
+    With early stopping, ``plan['val_rows']`` random rows are held out, the
+    held-out loss ``batch_loss(X_val)[0]`` is tracked by :class:`EarlyStopping`
+    (before the user's callbacks, so their ``logs`` carry ``val_loss``) and
+    the best weights are restored.  Returns the history and the
+    early-stopping summary (``None`` without early stopping).
+    """
+    stopper = None
+    cbs = list(callbacks or ())
+    if plan["early_stopping"]:
+        fit_idx, val_idx = split_holdout(len(X), plan["val_rows"], seed)
+        X_val = torch.from_numpy(X[val_idx]).to(device)
+        X = X[fit_idx]
+
+        def val_loss() -> float:
+            try:
+                return float(batch_loss(X_val)[0])
+            except CholeskyError:
+                return math.inf
+
+        stopper = EarlyStopping(model, val_loss, plan["steps_per_epoch"], plan["max_steps"],
+                                plan["patience_steps"], plan["eval_every"])
+        cbs.insert(0, stopper)
+    X_t = torch.from_numpy(np.ascontiguousarray(X)).to(device)
+    history = train(model, X_t, batch_loss, optimizer, plan["epochs"], plan["batch_size"],
+                    generator=generator, callbacks=cbs, **train_kwargs)
+    if stopper is None:
+        return history, None
+    stopper.restore()
+    return history, stopper.summary()
