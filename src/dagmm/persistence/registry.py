@@ -13,10 +13,12 @@ archive's SHA-256: only a complete copy with a matching marker counts as cached.
 
 Index paths are percent-decoded and normalised *before* they are checked, and
 the resolved URL must lie under the registry folder (``%2e%2e/x`` is ``../x``).
-Extraction is capped at :data:`MAX_EXTRACT_BYTES` bytes in all and
-:data:`MAX_MEMBERS` archive members (``fetch_detector(max_extract_bytes=...,
-max_members=...)`` to change them): a small archive that expands to gigabytes
-is refused before it fills the disk.
+Extraction is capped at :data:`MAX_EXTRACT_BYTES` bytes in all, at
+:data:`MAX_RATIO` times the archive's own size (plus 1 MiB; weights barely
+compress, a bomb compresses a thousandfold) and at :data:`MAX_MEMBERS`
+archive members (``fetch_detector(max_extract_bytes=..., max_members=...)``
+change the first and the last): a small archive that expands to gigabytes is
+refused before it fills the disk.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ REGISTRY_ENV = "DAGMM_REGISTRY_URL"
 MARKER = ".dagmm-artifact-sha256"
 #: Most bytes a fetched archive may expand to (all members together); a saved detector is config + weights.
 MAX_EXTRACT_BYTES = 1 << 30
+#: Most bytes extracted per byte of archive (beyond the first MiB): float32 weights compress ~1.1x.
+MAX_RATIO = 50
 #: Most members (files and folders) a fetched archive may hold.
 MAX_MEMBERS = 64
 _CHUNK = 1 << 20
@@ -168,10 +172,12 @@ def _safe_extract(archive: Path, dest: Path, url: str, max_bytes: int = MAX_EXTR
                   max_members: int = MAX_MEMBERS) -> None:
     """Extract plain files and folders into ``dest``; refuse anything that could land elsewhere.
 
-    At most ``max_members`` members and ``max_bytes`` bytes in all, checked on
-    the declared sizes before a member is written and on the bytes actually written.
+    At most ``max_members`` members and ``max_bytes`` bytes in all (and
+    :data:`MAX_RATIO` times the archive size plus 1 MiB), checked on the declared
+    sizes before a member is written and on the bytes actually written.
     """
     total, count = 0, 0
+    max_bytes = min(max_bytes, MAX_RATIO * archive.stat().st_size + (1 << 20))
     with tarfile.open(archive, "r:gz") as tar:
         for m in tar:
             count += 1
@@ -255,7 +261,8 @@ def fetch_detector(filepath: Union[str, os.PathLike], detector_type: str = "outl
         Seconds to wait for the server on each request.
     max_extract_bytes, max_members : int
         Limits on what the archive may expand to (default
-        :data:`MAX_EXTRACT_BYTES`, 1 GiB, and :data:`MAX_MEMBERS`, 64).
+        :data:`MAX_EXTRACT_BYTES`, 1 GiB, and :data:`MAX_MEMBERS`, 64); the
+        expansion is also capped at :data:`MAX_RATIO` (50) times the archive size plus 1 MiB.
 
     Raises
     ------
