@@ -161,6 +161,11 @@ def _total_rows(path: str) -> Any:
     return None
 
 
+def _progress(args) -> bool:
+    """A progress bar on a terminal, unless --quiet; never in logs and pipes (errors stay one line)."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def _score_chunks(od, pre, data: str, chunk_rows: int, extra_column=None, progress: bool = False):
     from tqdm.auto import tqdm
 
@@ -201,7 +206,7 @@ def cmd_score(args) -> int:
     n = n_out = 0
     try:
         for rows, scores, ids in _score_chunks(od, pre, args.data, args.chunk_rows, args.id_column,
-                                               progress=not args.quiet):
+                                               progress=_progress(args)):
             flags = (scores > od.threshold).astype(np.int64)
             first = (args.id_column, ids) if args.id_column else ("row", rows)
             writer.write(pd.DataFrame({first[0]: first[1], "score": scores, "is_outlier": flags}))
@@ -224,7 +229,7 @@ def cmd_evaluate(args) -> int:
     _check_positive(args.chunk_rows, "--chunk-rows")
     od, pre, _ = load_scoring_model(args.model, skip=[args.label_column])
     scores, labels = [], []
-    for _, s, y in _score_chunks(od, pre, args.data, args.chunk_rows, args.label_column, progress=not args.quiet):
+    for _, s, y in _score_chunks(od, pre, args.data, args.chunk_rows, args.label_column, progress=_progress(args)):
         scores.append(s)
         labels.append(y)
     scores = np.concatenate(scores)

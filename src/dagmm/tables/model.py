@@ -117,8 +117,8 @@ class NumericColumns:
             bad = ~np.isfinite(out[:, j])
             if bad.any():
                 shown = ", ".join(str(int(r)) for r in rows[bad][:10]) + (", ..." if bad.sum() > 10 else "")
-                raise ValueError(f"Column {str(c)!r} has missing (NaN) or infinite values in {int(bad.sum())} "
-                                 f"row(s): {shown}.")
+                raise ValueError(f"Column {str(c)!r} has NaN or infinite values in {int(bad.sum())} row(s): {shown}. "
+                                 "A blank cell is NaN: impute them first.")
         return out
 
 
@@ -136,6 +136,9 @@ def load_scoring_model(model_dir: Union[str, os.PathLike], skip: Sequence[str] =
         return load_table_model(path)
     if not path.is_dir():
         raise FileNotFoundError(f"No model directory at {model_dir}")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} has no {PREPROCESSING} (written by `dagmm fit`) and no config.json "
+                                "(written by dagmm.save_detector): it is not a model directory.")
     od = dagmm.load_detector(str(path))
     if getattr(od, "threshold", None) is None:
         raise ValueError(f"The detector in {model_dir} has no threshold: call od.infer_threshold(X) before "

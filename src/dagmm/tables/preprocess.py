@@ -245,8 +245,8 @@ class TabularPreprocessor:
         if bad.any():
             where = rows[bad]
             shown = ", ".join(str(int(r)) for r in where[:10]) + (", ..." if where.size > 10 else "")
-            raise ValueError(f"Column {name!r} has missing (NaN) or infinite values in {where.size} row(s): {shown}. "
-                             f"Impute them first, or leave the column out with --exclude {name}.")
+            raise ValueError(f"Column {name!r} has NaN or infinite values in {where.size} row(s): {shown}. "
+                             f"A blank cell is NaN: impute them first, or leave the column out with --exclude {name}.")
 
 
 def _as_text(col: Any) -> Any:
