@@ -536,3 +536,16 @@ def test_more_blank_in_a_numeric_training_column_names_rows_and_fix():
                                          r"2, 6, 10, 14, 18\. A blank cell is NaN: impute them first, or leave the "
                                          r"column out with --exclude amount\."):
         TabularPreprocessor().fit(df)
+
+
+def test_more_a_file_with_no_rows_still_gets_a_scores_file(cli_model, tmp_path):
+    (tmp_path / "empty.csv").write_text("x,y,code\n")
+    out = tmp_path / "s.csv"
+    assert cli(["score", str(cli_model / "model"), str(tmp_path / "empty.csv"), "--out", str(out), "--quiet"]) == 0
+    assert out.read_text().splitlines() == ["row,score,is_outlier"]
+
+
+def test_more_numbers_written_as_text_are_named_in_the_id_error():
+    df = pd.DataFrame({"amount": [f"{i:,} EUR" for i in range(1000, 1100)]})
+    with pytest.raises(ValueError, match=r"or numbers written as text, e\.g\. with units or thousands separators"):
+        TabularPreprocessor().fit(df)

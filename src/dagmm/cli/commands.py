@@ -177,6 +177,8 @@ def _score_chunks(od, pre, data: str, chunk_rows: int, extra_column=None, progre
                file=sys.stderr)
     try:
         for chunk in iter_table(data, chunk_rows, str_columns=pre.categorical_columns):
+            if len(chunk) == 0:  # a header-only CSV still yields one empty chunk
+                continue
             extra = None
             if extra_column is not None:
                 if extra_column not in chunk.columns:
@@ -186,6 +188,8 @@ def _score_chunks(od, pre, data: str, chunk_rows: int, extra_column=None, progre
             try:
                 scores = _instance_scores(od, X)
             except ValueError as err:  # the detector counts rows within the chunk
+                if seen == 0:
+                    raise
                 raise ValueError(f"{err} (rows counted from row {seen}, the first of this chunk)") from None
             yield chunk.index.to_numpy(), scores, extra
             seen += len(chunk)
@@ -212,6 +216,9 @@ def cmd_score(args) -> int:
             writer.write(pd.DataFrame({first[0]: first[1], "score": scores, "is_outlier": flags}))
             n += len(scores)
             n_out += int(flags.sum())
+        if n == 0:  # a file with a header and no rows: still a scores file, with its columns
+            writer.write(pd.DataFrame({args.id_column or "row": [], "score": np.empty(0),
+                                       "is_outlier": np.empty(0, dtype=np.int64)}))
     except BaseException:
         writer.abort()
         raise

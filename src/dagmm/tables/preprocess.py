@@ -118,9 +118,10 @@ class TabularPreprocessor:
                     raise ValueError(
                         f"Column {name!r} has {len(cats)} distinct values in {len(df)} rows, more than "
                         f"{limit} ({'half the rows' if limit < self.max_categories else '--max-categories'}): "
-                        "it looks like an identifier or free text, and one-hot encoding it would give one feature "
-                        f"per value. Leave it out with --exclude {name} (to keep it beside the scores, pass "
-                        f"`dagmm score --id-column {name}`), or raise --max-categories if it really is a category."
+                        "it looks like an identifier or free text (or numbers written as text, e.g. with units or "
+                        "thousands separators), and one-hot encoding it would give one feature per value. Leave it "
+                        f"out with --exclude {name} (to keep it beside the scores, pass `dagmm score --id-column "
+                        f"{name}`), or raise --max-categories if it really is a category."
                     )
                 categorical[name] = cats
             else:
