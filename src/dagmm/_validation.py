@@ -111,7 +111,7 @@ def check_array(
     if rows.size:
         shown = ", ".join(str(r) for r in rows[:10]) + (", ..." if rows.size > 10 else "")
         raise ValueError(
-            f"{name} contains NaN or infinite values{'' if wide else ' (or values too large for float32)'} in "
+            f"{name} contains NaN or infinite values (or values too large for float32) in "
             f"{rows.size} row(s): {shown}. Impute or drop them first."
         )
     return X

@@ -83,7 +83,7 @@ def _check_fit_args(args) -> None:
             continue
         table_format(path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{flag}: no such file: {path}")
+            raise FileNotFoundError(f"{flag + ': ' if flag.startswith('--') else ''}No such file: {path}")
     _check_out_dir(args.out)
 
 
