@@ -11,7 +11,7 @@ The table, one row per case (the number is the issue's item):
 | 4 id column one-hot encoded | test_4_an_id_column_is_refused_with_the_fix |
 | 5 float64 precision before scaling | test_5_float64_input_is_scaled_before_the_cast |
 | 6 DataFrame column order | test_6_dataframe_columns_are_matched_by_name |
-| 7 killed save | test_7_save_detector_killed_at_any_step_leaves_old_or_new, test_7_dagmm_fit_killed_between_renames |
+| 7 killed save | test_7_save_detector_killed_at_any_step_leaves_old_or_new, test_7_dagmm_fit_killed_between_renames, test_7_dagmm_fit_failed_replace_leaves_the_old_model_and_no_staging |
 | 8 registry path / bomb / duplicates | test_8_* |
 | 9 CLI arguments before training | test_9_cli_arguments_are_checked_before_training |
 | 10 smaller ones | test_10_* |
@@ -283,6 +283,27 @@ def test_7_dagmm_fit_killed_between_renames(cli_model, tmp_path):
     assert cli(["score", str(out), str(train), "--out", str(scores), "--quiet"]) == 0  # the new one, put back
     assert (out / "preprocessing.json").read_text() != before
     assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # item 10: not mkdtemp's 0700
+
+
+def test_7_dagmm_fit_failed_replace_leaves_the_old_model_and_no_staging(cli_model, tmp_path, monkeypatch, capsys):
+    from dagmm.persistence import _fs
+
+    out = tmp_path / "model"
+    train = str(cli_model / "train.csv")
+    assert cli(["fit", train, "--out", str(out), "--epochs", "1", "--quiet", "--seed", "3"]) == 0
+    before = (out / "preprocessing.json").read_text()
+    real = os.replace
+
+    def replace(src, dst):
+        if os.path.basename(str(dst)).startswith(".model.old-"):
+            raise OSError("device busy")  # the old model cannot be moved aside
+        return real(src, dst)
+
+    monkeypatch.setattr(_fs.os, "replace", replace)
+    assert cli(["fit", train, "--out", str(out), "--epochs", "1", "--quiet", "--seed", "4"]) == 1
+    assert "device busy" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no .dagmm-new-* (or any) leftover
+    assert (out / "preprocessing.json").read_text() == before
 
 
 def _umask() -> int:
