@@ -20,6 +20,8 @@ from dagmm.models.gmm import (
     sample_energy,
 )
 
+from conftest import float64_reordered
+
 
 @pytest.fixture
 def fitted_gmm(rng):
