@@ -106,7 +106,7 @@ class OutlierAE(BaseDetector):
     ----------
     auto_config_ : dict
         After ``fit``: the rules' results and the schedule actually used (JSON-able).
-    scaler_mean_, scaler_scale_ : float32 ndarray of shape ``X.shape[1:]`` or None
+    scaler_mean_, scaler_scale_ : float64 ndarray of shape ``X.shape[1:]`` or None
         The standardisation, or None when it is off.
     """
 
@@ -204,7 +204,7 @@ class OutlierAE(BaseDetector):
         -------
         self
         """
-        X = check_array(X, "X", min_rows=2)
+        X = self._fit_input(X)
         if epochs is not None:
             epochs = check_positive_int(epochs, "epochs")
         if batch_size is not None:
@@ -281,7 +281,7 @@ class OutlierAE(BaseDetector):
                              "they must match.")
         diff = X_orig - X_recon
         if scale is not None:
-            diff = diff / scale
+            diff = (diff / scale).astype(np.float32)  # float64 statistics; the result stays float32
         return np.square(diff)
 
     @staticmethod

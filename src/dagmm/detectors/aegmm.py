@@ -104,7 +104,7 @@ class OutlierAEGMM(BaseDetector):
     auto_config_ : dict
         After ``fit``: the rules' results and the schedule actually used
         (JSON-able), including early stopping's ``best_step``.
-    scaler_mean_, scaler_scale_ : float32 ndarray of shape ``X.shape[1:]`` or None
+    scaler_mean_, scaler_scale_ : float64 ndarray of shape ``X.shape[1:]`` or None
         The standardisation, or None when it is off.
     """
 
@@ -296,7 +296,7 @@ class OutlierAEGMM(BaseDetector):
         -------
         self
         """
-        X = check_array(X, "X", min_rows=2)
+        X = self._fit_input(X)
         if epochs is not None:
             epochs = check_positive_int(epochs, "epochs")
         if batch_size is not None:

@@ -66,8 +66,6 @@ __all__ = [
     "aegmm_latent_dim",
     "ae_latent_dim",
     "n_components",
-    "standardize_stats",
-    "apply_standardize",
     "check_standardize",
     "resolve_schedule",
 ]
@@ -195,29 +193,6 @@ def check_standardize(value: Any) -> Any:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise ValueError(f"standardize must be 'auto', True or False, got {value!r}.")
-
-
-def standardize_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and scale of X (float32, shape ``X.shape[1:]``).
-
-    The scale is the population standard deviation (``ddof=0``), computed in
-    float64; a constant column gets scale 1 so that it maps to 0 instead of
-    dividing by zero.
-    """
-    X64 = X.astype(np.float64, copy=False)
-    mean = X64.mean(0)
-    std = X64.std(0)
-    # "constant" relative to the column's magnitude, so float32 rounding of a constant is still constant
-    const = std <= 1e-7 * np.maximum(1.0, np.abs(mean))
-    scale = np.where(const, 1.0, std)
-    return mean.astype(np.float32), scale.astype(np.float32)
-
-
-def apply_standardize(X: np.ndarray, mean: Optional[np.ndarray], scale: Optional[np.ndarray]) -> np.ndarray:
-    """``(X - mean) / scale`` as C-contiguous float32; X itself when no statistics are given."""
-    if mean is None:
-        return X
-    return np.ascontiguousarray((X - mean) / scale, dtype=np.float32)
 
 
 def resolve_schedule(config: Optional[dict], n_rows: int, epochs: Optional[int],
