@@ -63,6 +63,8 @@ LOSS_MARGIN = 0.10
 #: Candidate settings: overrides of the automatic configuration, per detector.  ``default`` is empty.
 CANDIDATES: dict[str, dict[str, dict]] = {
     "default": {"AEGMM": {}, "AE": {}},
+    # the scoring mixture by EM on the training codes (z-scored, reg 1e-6), started from the net's memberships
+    "em": {"AEGMM": {"mixture": "em", "em_reg": 1e-6}, "AE": {}},
 }
 
 

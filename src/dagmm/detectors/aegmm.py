@@ -17,6 +17,7 @@ from ..models.gmm import (
     GMMParams,
     add_stats,
     cholesky_with_jitter,
+    fit_gmm_em,
     gmm_params_from_stats,
     gmm_stats,
     precision_cholesky,
@@ -341,9 +342,28 @@ class OutlierAEGMM(BaseDetector):
             "lr": lr if optimizer is None else None, "recon_features": getattr(self._recon_fn(), "__name__", None),
         }
         self.feature_shape_ = tuple(X.shape[1:])
-        self._fit_mixture(X)
+        if (config or {}).get("mixture") == "em":
+            self.auto_config_["em_iterations"] = self._fit_mixture_em(X, config["em_reg"])
+        else:
+            self._fit_mixture(X)
         self._fitted = True
         return self
+
+    def _fit_mixture_em(self, X: np.ndarray, reg: float, batch_size: int = DEFAULT_SCORE_BATCH) -> int:
+        """Mixture of the training codes by EM, started from the estimation network's memberships.
+
+        The network's memberships give the mixture of the paper; EM then
+        maximises the likelihood of the codes it actually scores, which the
+        jointly trained estimate need not.  Returns the iterations run.
+        """
+        self.aegmm.eval()
+        parts = [(z.double(), gamma.double()) for z, gamma in self._batched(lambda xb: self.aegmm(xb)[1:], X,
+                                                                            batch_size)]
+        z = torch.cat([p[0] for p in parts])  # (N, D)
+        gamma = torch.cat([p[1] for p in parts])  # (N, K)
+        params, n_iter = fit_gmm_em(z, gamma, reg=reg)
+        self.set_mixture(params)
+        return n_iter
 
     def _fit_mixture(self, X: np.ndarray, batch_size: int = DEFAULT_SCORE_BATCH) -> None:
         """Exact mixture parameters over all of X, batch by batch, dropout off."""
