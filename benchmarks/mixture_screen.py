@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+KS = (1, 2, 4, 8)
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("_adbench", ROOT / "benchmarks" / "adbench.py")
 ab = importlib.util.module_from_spec(spec)
@@ -41,11 +42,11 @@ def variants(z_tr: torch.Tensor, g_tr: torch.Tensor, seed: int) -> dict:
 
     out = {"em-net": fit_gmm_em(z_tr, g_tr)[0]}
     zs = ((z_tr - z_tr.mean(0)) / z_tr.std(0).clamp_min(1e-12)).numpy()
-    for k in (1, 2, 4, 8):
+    for k in KS:
         if k * 20 > len(zs):
             continue
         lab = KMeans(k, n_init=3, random_state=seed).fit_predict(zs)
-        out[f"em-k{k}"] = fit_gmm_em(z_tr, torch.nn.functional.one_hot(torch.from_numpy(lab), k).double())[0]
+        out[f"em-k{k}"] = fit_gmm_em(z_tr, torch.nn.functional.one_hot(torch.from_numpy(lab.astype(np.int64)), k).double())[0]
     return out
 
 
@@ -64,10 +65,18 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--jsonl", default="/tmp/h19_mixture_screen.jsonl")
     p.add_argument("--report", action="store_true")
+    p.add_argument("--ks", help="comma-separated components of the k-means-started EM variants (default 1,2,4,8)")
+    p.add_argument("--reverse", action="store_true", help="tables in reverse order")
+    p.add_argument("--codes", help="directory to save the training and test codes to (npz per table and seed)")
     a = p.parse_args()
     torch.set_num_threads(1)
     path = Path(a.jsonl)
     tables = ab.suite_tables(a.suite)
+    if a.reverse:
+        tables = dict(reversed(list(tables.items())))
+    global KS
+    if a.ks:
+        KS = tuple(int(k) for k in a.ks.split(","))
     if not a.report:
         done = {(r["table"], r["seed"]) for r in ab.read_rows(path)} if path.exists() else set()
         for s in range(a.seeds):
@@ -84,6 +93,10 @@ def main() -> None:
                 row["auroc"]["net"] = ab.metrics(y_te, od.score(X_te))[0]
                 z_tr, g_tr = codes(od, X_tr)
                 z_te, _ = codes(od, X_te)
+                if a.codes:
+                    Path(a.codes).mkdir(parents=True, exist_ok=True)
+                    np.savez(Path(a.codes) / f"{t}-{s}.npz", z_tr=z_tr.numpy(), g_tr=g_tr.numpy(), z_te=z_te.numpy(),
+                             y_te=y_te)
                 row["auroc"]["logmse"] = ab.metrics(y_te, z_te[:, -2].numpy())[0]
                 try:
                     for name, params in variants(z_tr, g_tr, s).items():

@@ -17,9 +17,9 @@ from ..models.gmm import (
     GMMParams,
     add_stats,
     cholesky_with_jitter,
-    fit_gmm_em,
     gmm_params_from_stats,
     gmm_stats,
+    kmeans_em,
     precision_cholesky,
     sample_energy,
 )
@@ -343,27 +343,24 @@ class OutlierAEGMM(BaseDetector):
         }
         self.feature_shape_ = tuple(X.shape[1:])
         if (config or {}).get("mixture") == "em":
-            self.auto_config_["em_iterations"] = self._fit_mixture_em(X, config["em_reg"])
+            self._fit_mixture_em(X, config["mixture_components"], config["em_reg"], seed)
         else:
             self._fit_mixture(X)
         self._fitted = True
         return self
 
-    def _fit_mixture_em(self, X: np.ndarray, reg: float, batch_size: int = DEFAULT_SCORE_BATCH) -> int:
-        """Mixture of the training codes by EM, started from the estimation network's memberships.
+    def _fit_mixture_em(self, X: np.ndarray, n_components: int, reg: float, seed: Optional[int],
+                        batch_size: int = DEFAULT_SCORE_BATCH) -> None:
+        """Scoring mixture of the training codes by EM (:func:`dagmm.models.gmm.kmeans_em`).
 
-        The network's memberships give the mixture of the paper; EM then
-        maximises the likelihood of the codes it actually scores, which the
-        jointly trained estimate need not.  Returns the iterations run.
+        The estimation network's memberships give the paper's mixture, fitted
+        jointly with the auto-encoder on mini-batches; a maximum-likelihood
+        mixture of the codes it actually scores, with as many components as
+        the rows support, models their density more closely.
         """
         self.aegmm.eval()
-        parts = [(z.double(), gamma.double()) for z, gamma in self._batched(lambda xb: self.aegmm(xb)[1:], X,
-                                                                            batch_size)]
-        z = torch.cat([p[0] for p in parts])  # (N, D)
-        gamma = torch.cat([p[1] for p in parts])  # (N, K)
-        params, n_iter = fit_gmm_em(z, gamma, reg=reg)
-        self.set_mixture(params)
-        return n_iter
+        z = torch.cat([z.double() for z in self._batched(lambda xb: self.aegmm(xb)[1], X, batch_size)])  # (N, D)
+        self.set_mixture(kmeans_em(z, n_components, reg=reg, seed=seed))
 
     def _fit_mixture(self, X: np.ndarray, batch_size: int = DEFAULT_SCORE_BATCH) -> None:
         """Exact mixture parameters over all of X, batch by batch, dropout off."""

@@ -13,7 +13,7 @@ factor of each covariance, a triangular solve for the precision factor, and a
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 
@@ -31,6 +31,7 @@ __all__ = [
     "sample_energy",
     "cov_diag_penalty",
     "fit_gmm_em",
+    "kmeans_em",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -364,3 +365,26 @@ def fit_gmm_em(z: torch.Tensor, gamma: torch.Tensor, reg: float = 1e-6, max_iter
         prev = mean_ll
     cov = (params.cov + reg * eye) * (scale[:, None] * scale[None, :])  # (K, D, D)
     return GMMParams(params.phi, params.mu * scale + center, cov), n_iter
+
+
+def kmeans_em(z: torch.Tensor, n_components: int, reg: float = 1e-6, seed: Optional[int] = None) -> GMMParams:
+    """EM mixture of ``z`` (N, D) with ``n_components`` components started from k-means.
+
+    k-means (scikit-learn, 3 starts, on the z-scores of ``z``) gives the
+    initial hard memberships, :func:`fit_gmm_em` the maximum-likelihood
+    mixture; components that end with no weight are dropped.
+    """
+    import warnings
+
+    from sklearn.cluster import KMeans
+
+    z = z.double()
+    k = max(1, min(int(n_components), int(z.shape[0])))
+    zs = ((z - z.mean(0)) / z.std(0, unbiased=False).clamp_min(1e-12)).cpu().numpy()
+    with warnings.catch_warnings():  # duplicated codes may leave fewer distinct clusters than k
+        warnings.simplefilter("ignore")
+        labels = KMeans(k, n_init=3, random_state=seed).fit_predict(zs) if k > 1 else [0] * len(zs)
+    gamma = torch.nn.functional.one_hot(torch.as_tensor(labels, dtype=torch.int64), k).to(z)  # (N, K)
+    params, _ = fit_gmm_em(z, gamma, reg=reg)
+    keep = params.phi > 1e-12
+    return GMMParams(params.phi[keep] / params.phi[keep].sum(), params.mu[keep], params.cov[keep])
