@@ -64,8 +64,8 @@ LOSS_MARGIN = 0.10
 CANDIDATES: dict[str, dict[str, dict]] = {
     "default": {"AEGMM": {}, "AE": {}},
     # the scoring mixture by EM on the training codes (z-scored, reg 1e-6), started from the net's memberships
-    "em8": {"AEGMM": {"mixture": "em", "em_reg": 1e-6,
-                      "mixture_components": lambda n, shape: int(min(8, max(1, n // 100)))}, "AE": {}},
+    # the scoring mixture by k-means-started EM on the training codes, K in 1..16 by BIC
+    "embic": {"AEGMM": {"mixture": "em", "em_reg": 1e-6, "mixture_components": [1, 2, 4, 8, 16]}, "AE": {}},
     # OutlierAE: each feature's squared error divided by its mean squared error on the training rows
     "msn": {"AEGMM": {}, "AE": {"error_scale": "train", "error_floor": 0.0}},
 }

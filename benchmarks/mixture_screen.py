@@ -38,7 +38,7 @@ def codes(od, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 def variants(z_tr: torch.Tensor, g_tr: torch.Tensor, seed: int) -> dict:
     from sklearn.cluster import KMeans
 
-    from dagmm.models.gmm import fit_gmm_em
+    from dagmm.models.mixture import fit_gmm_em
 
     out = {"em-net": fit_gmm_em(z_tr, g_tr)[0]}
     zs = ((z_tr - z_tr.mean(0)) / z_tr.std(0).clamp_min(1e-12)).numpy()

@@ -8,13 +8,13 @@ import torch
 from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture
 
+from dagmm.models.mixture import fit_gmm_em
 from dagmm.models.gmm import (
     CholeskyError,
     add_stats,
     batch_gmm_params,
     cholesky_with_jitter,
     cov_diag_penalty,
-    fit_gmm_em,
     gmm_params_from_stats,
     gmm_stats,
     precision_cholesky,

@@ -19,10 +19,10 @@ from ..models.gmm import (
     cholesky_with_jitter,
     gmm_params_from_stats,
     gmm_stats,
-    kmeans_em,
     precision_cholesky,
     sample_energy,
 )
+from ..models.mixture import select_mixture
 from ..training.auto import AUTO_LR, aegmm_config, check_standardize, resolve_schedule
 from ..models.losses import loss_aegmm
 from ..models.nets import AEGMMNet, build_aegmm_nets, paper_kddcup_nets
@@ -343,24 +343,28 @@ class OutlierAEGMM(BaseDetector):
         }
         self.feature_shape_ = tuple(X.shape[1:])
         if (config or {}).get("mixture") == "em":
-            self._fit_mixture_em(X, config["mixture_components"], config["em_reg"], seed)
+            self.auto_config_["mixture_fit"] = self._fit_mixture_em(X, config["mixture_components"],
+                                                                    config["em_reg"], seed)
         else:
             self._fit_mixture(X)
         self._fitted = True
         return self
 
-    def _fit_mixture_em(self, X: np.ndarray, n_components: int, reg: float, seed: Optional[int],
-                        batch_size: int = DEFAULT_SCORE_BATCH) -> None:
-        """Scoring mixture of the training codes by EM (:func:`dagmm.models.gmm.kmeans_em`).
+    def _fit_mixture_em(self, X: np.ndarray, candidates: list, reg: float, seed: Optional[int],
+                        batch_size: int = DEFAULT_SCORE_BATCH) -> dict:
+        """Scoring mixture of the training codes by EM, components chosen by BIC.
 
         The estimation network's memberships give the paper's mixture, fitted
         jointly with the auto-encoder on mini-batches; a maximum-likelihood
         mixture of the codes it actually scores, with as many components as
-        the rows support, models their density more closely.
+        the codes support (:func:`dagmm.models.mixture.select_mixture`),
+        models their density more closely.  Returns the choice (JSON-able).
         """
         self.aegmm.eval()
         z = torch.cat([z.double() for z in self._batched(lambda xb: self.aegmm(xb)[1], X, batch_size)])  # (N, D)
-        self.set_mixture(kmeans_em(z, n_components, reg=reg, seed=seed))
+        params, info = select_mixture(z, candidates, reg=reg, seed=seed)
+        self.set_mixture(params)
+        return info
 
     def _fit_mixture(self, X: np.ndarray, batch_size: int = DEFAULT_SCORE_BATCH) -> None:
         """Exact mixture parameters over all of X, batch by batch, dropout off."""

@@ -13,7 +13,7 @@ factor of each covariance, a triangular solve for the precision factor, and a
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Union
 
 import torch
 
@@ -30,8 +30,6 @@ __all__ = [
     "gmm_log_prob",
     "sample_energy",
     "cov_diag_penalty",
-    "fit_gmm_em",
-    "kmeans_em",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -317,74 +315,3 @@ def cov_diag_penalty(cov: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """The paper's singularity penalty ``sum_k sum_j 1 / cov_k[j, j]``."""
     return (1.0 / (torch.diagonal(cov, dim1=-2, dim2=-1) + eps)).sum()
 
-
-def fit_gmm_em(z: torch.Tensor, gamma: torch.Tensor, reg: float = 1e-6, max_iter: int = 100,
-               tol: float = 1e-4) -> tuple[GMMParams, int]:
-    """Maximum-likelihood mixture of ``z`` by EM, started from the memberships ``gamma``.
-
-    Runs in float64 on the z-scores of ``z`` (a feature with zero spread
-    keeps scale 1) with ``reg`` added to every covariance diagonal, as
-    scikit-learn's ``GaussianMixture(reg_covar=reg)`` does; the result is
-    mapped back to the units of ``z``.  Stops when the mean log-likelihood
-    per row changes by less than ``tol``.
-
-    Parameters
-    ----------
-    z : (N, D) tensor
-    gamma : (N, K) tensor
-        Initial soft memberships (rows summing to one), e.g. the estimation network's.
-    reg : float, default 1e-6
-        Diagonal added to the covariances of the z-scores.
-    max_iter : int, default 100
-    tol : float, default 1e-4
-
-    Returns
-    -------
-    params : GMMParams
-        float64 ``phi`` (K,), ``mu`` (K, D), ``cov`` (K, D, D), the regularisation included.
-    n_iter : int
-        EM iterations run.
-    """
-    z = z.double()
-    center = z.mean(0)  # (D,)
-    scale = z.std(0, unbiased=False)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zs = (z - center) / scale  # (N, D)
-    eye = torch.eye(z.shape[1], dtype=torch.float64, device=z.device)
-    params = batch_gmm_params(zs, gamma.double())
-    prev = -math.inf
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):
-        chol, _ = cholesky_with_jitter(params.cov, max(reg, 1e-12))
-        log_p = gmm_log_prob(zs, params.phi, params.mu, precision_cholesky(chol))  # (N, K)
-        log_norm = torch.logsumexp(log_p, 1, keepdim=True)  # (N, 1)
-        mean_ll = float(log_norm.mean())
-        params = batch_gmm_params(zs, torch.exp(log_p - log_norm))
-        if abs(mean_ll - prev) < tol:
-            break
-        prev = mean_ll
-    cov = (params.cov + reg * eye) * (scale[:, None] * scale[None, :])  # (K, D, D)
-    return GMMParams(params.phi, params.mu * scale + center, cov), n_iter
-
-
-def kmeans_em(z: torch.Tensor, n_components: int, reg: float = 1e-6, seed: Optional[int] = None) -> GMMParams:
-    """EM mixture of ``z`` (N, D) with ``n_components`` components started from k-means.
-
-    k-means (scikit-learn, 3 starts, on the z-scores of ``z``) gives the
-    initial hard memberships, :func:`fit_gmm_em` the maximum-likelihood
-    mixture; components that end with no weight are dropped.
-    """
-    import warnings
-
-    from sklearn.cluster import KMeans
-
-    z = z.double()
-    k = max(1, min(int(n_components), int(z.shape[0])))
-    zs = ((z - z.mean(0)) / z.std(0, unbiased=False).clamp_min(1e-12)).cpu().numpy()
-    with warnings.catch_warnings():  # duplicated codes may leave fewer distinct clusters than k
-        warnings.simplefilter("ignore")
-        labels = KMeans(k, n_init=3, random_state=seed).fit_predict(zs) if k > 1 else [0] * len(zs)
-    gamma = torch.nn.functional.one_hot(torch.as_tensor(labels, dtype=torch.int64), k).to(z)  # (N, K)
-    params, _ = fit_gmm_em(z, gamma, reg=reg)
-    keep = params.phi > 1e-12
-    return GMMParams(params.phi[keep] / params.phi[keep].sum(), params.mu[keep], params.cov[keep])

@@ -86,6 +86,9 @@ AUTO_LR = 1e-3
 #: Energy and covariance-penalty weights per feature (see the module docstring).
 ENERGY_PER_FEATURE = 0.001
 COV_DIAG_PER_FEATURE = 0.00005
+#: Candidate components of the scoring mixture of ``OutlierAEGMM`` (chosen by BIC) and EM's regularisation.
+MIXTURE_COMPONENTS = (1, 2, 4, 8, 16)
+EM_REG = 1e-6
 #: ``OutlierAE`` error scales are floored at this fraction of their mean over the features.
 ERROR_FLOOR = 0.01
 #: Schedule used with user-supplied networks (and the paper architecture), as in earlier versions.
@@ -173,6 +176,10 @@ def aegmm_config(n_rows: int, feature_shape: Sequence[int]) -> dict:
         "n_gmm": n_components(n_rows),
         "w_energy": ENERGY_PER_FEATURE * f,
         "w_cov_diag": COV_DIAG_PER_FEATURE * f,
+        # the scoring mixture: EM on the training codes, components chosen by BIC among these
+        "mixture": "em",
+        "mixture_components": list(MIXTURE_COMPONENTS),
+        "em_reg": EM_REG,
         **schedule(n_rows),
     }
 
