@@ -63,6 +63,8 @@ LOSS_MARGIN = 0.10
 #: Candidate settings: overrides of the automatic configuration, per detector.  ``default`` is empty.
 CANDIDATES: dict[str, dict[str, dict]] = {
     "default": {"AEGMM": {}, "AE": {}},
+    # the defaults before issue 19 (rows of earlier runs; the library no longer has them as defaults)
+    "before": {"AEGMM": {"mixture": "net"}, "AE": {"error_scale": None}},
     # the scoring mixture by EM on the training codes (z-scored, reg 1e-6), started from the net's memberships
     # the scoring mixture by k-means-started EM on the training codes, K in 1..16 by BIC
     "embic": {"AEGMM": {"mixture": "em", "em_reg": 1e-6, "mixture_components": [1, 2, 4, 8, 16]}, "AE": {}},
@@ -383,7 +385,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--methods", help="comma-separated subset of AEGMM,AE," + ",".join(BASELINES))
     parser.add_argument("--baselines", action="store_true", help="run the baselines only (no AEGMM/AE)")
     parser.add_argument("--tables", help="comma-separated subset of tables")
-    parser.add_argument("--jsonl", default=str(RESULTS / "adbench.runs.jsonl"), help="results file (appended)")
+    parser.add_argument("--jsonl", default=str(RESULTS / "adbench.runs.jsonl"),
+                        help="results file (appended); more files after commas are read too")
     parser.add_argument("--out", default=str(RESULTS), help="directory of the JSON + Markdown report")
     parser.add_argument("--report", action="store_true", help="only write the report from the results file")
     parser.add_argument("--epochs", type=int, help="fixed epochs for our detectors (smoke tests only)")
@@ -403,7 +406,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
             raise SystemExit(f"unknown candidate {c!r}; known: {', '.join(CANDIDATES)}")
     methods = args.methods.split(",") if args.methods else (BASELINES if args.baselines else OURS + BASELINES)
     seeds = list(range(args.seeds))
-    path = Path(args.jsonl)
+    paths = [Path(p) for p in args.jsonl.split(",")]  # results are appended to the first; all are read
+    path = paths[0]
     command = "python benchmarks/adbench.py " + " ".join(argv)
     tag = args.tag if args.tag is not None else ("" if candidates == ["default"] else "-" + "-".join(candidates))
     if not args.report:
@@ -425,7 +429,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             print(f"{t:>18} seed {s} {_label(row):<22} AUROC {row['auroc']:.3f} AUPRC {row['auprc']:.3f}"
                   + (f" fit {row['fit_s']:.2f}s" if row["fit_s"] is not None else f" FAILED {row['error']}"),
                   flush=True)
-    rows = [r for r in read_rows(path) if int(r["seed"]) in seeds]
+    rows = [r for p in paths for r in read_rows(p) if int(r["seed"]) in seeds]
     return report(rows, {t: v[0] for t, v in tables.items()}, seeds, candidates, methods, Path(args.out),
                   command, tag)
 

@@ -100,7 +100,10 @@ class OutlierAE(BaseDetector):
         the squared error divided by the squared training standard deviation
         of the feature, so features measured in different units are
         comparable and ``outlier_type='feature'`` thresholds mean the same for
-        every column.  :meth:`reconstruct` returns the reconstruction in the
+        every column.  The default tabular detector then divides each
+        feature's squared error by its mean on the training rows
+        (``error_scale_``), so a feature score of 1 is a typical error for
+        that column.  :meth:`reconstruct` returns the reconstruction in the
         original units, and ``od.feature_score(X, od.reconstruct(X))`` (on the
         fitted instance) applies the same scaling, so it equals ``od.score(X)[0]``.
 
@@ -110,6 +113,11 @@ class OutlierAE(BaseDetector):
         After ``fit``: the rules' results and the schedule actually used (JSON-able).
     scaler_mean_, scaler_scale_ : float32 ndarray of shape ``X.shape[1:]`` or None
         The standardisation, or None when it is off.
+    error_scale_ : float32 ndarray of shape ``X.shape[1:]`` or None
+        Mean squared error of each feature on the training rows (in the
+        network's units, floored at 0.01 times its mean over the features);
+        feature scores are divided by it.  None with user nets and images
+        (and for detectors saved before it existed, which score as before).
     """
 
     def __init__(

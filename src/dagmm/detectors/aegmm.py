@@ -51,8 +51,13 @@ class OutlierAEGMM(BaseDetector):
     reconstruction features (relative Euclidean distance and cosine similarity
     by default) feed an estimation network whose softmax output gives soft
     memberships in ``n_gmm`` Gaussian components.  The outlier score is the
-    sample energy ``-log sum_k phi_k N(z; mu_k, Sigma_k)`` under the mixture
-    estimated on the whole training set.
+    sample energy ``-log sum_k phi_k N(z; mu_k, Sigma_k)`` under a mixture
+    estimated on the whole training set: for ``architecture='auto'`` a
+    maximum-likelihood mixture of the training codes fitted by EM after
+    training, with 1 to 16 components chosen by BIC
+    (:func:`dagmm.models.mixture.select_mixture`; ``auto_config_['mixture_fit']``
+    records the choice); with user nets and ``architecture='paper'`` the
+    estimation network's memberships, as in the paper.
 
     Parameters
     ----------
