@@ -275,7 +275,7 @@ def to_markdown(summary: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fit_time(shape: str, out: Path, argv: list[str], repeats: int = 3) -> dict:
+def fit_time(shape: str, out: Path, argv: list[str], repeats: int = 3, methods: Optional[list[str]] = None) -> dict:
     """Wall and CPU time of default fits on one ``ROWSxCOLS`` synthetic table (this process alone)."""
     import torch
 
@@ -287,6 +287,9 @@ def fit_time(shape: str, out: Path, argv: list[str], repeats: int = 3) -> dict:
     dagmm.OutlierAE().fit(X[:200], epochs=1, verbose=False)  # warm-up: imports, first-call allocations
     makers = {"OutlierAEGMM()": dagmm.OutlierAEGMM, "OutlierAE()": dagmm.OutlierAE,
               "OutlierAEGMM(architecture='paper')": lambda: dagmm.OutlierAEGMM(architecture="paper")}
+    names = dict(zip(["AEGMM auto", "AE auto", "AEGMM paper"], makers))
+    if methods:
+        makers = {names[m]: makers[names[m]] for m in methods if m in names}
     rows = []
     for name, make in makers.items():
         for r in range(repeats):
@@ -336,7 +339,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="fits per detector with --fit-time (default 3)")
     args = parser.parse_args(argv)
     if args.fit_time:
-        return fit_time(args.fit_time, Path(args.out), argv if argv is not None else sys.argv[1:], args.repeats)
+        return fit_time(args.fit_time, Path(args.out), argv if argv is not None else sys.argv[1:], args.repeats,
+                        args.methods.split(",") if args.methods else None)
     import sklearn
     import torch
 

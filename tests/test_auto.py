@@ -196,7 +196,9 @@ def test_feature_scores_in_standardised_units(raw_task):
     recon = od.reconstruct(X_test)
     fs, _ = od.score(X_test)
     np.testing.assert_allclose(od.feature_score(X_test, recon), fs, rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(fs, np.square((X_test - recon) / od.scaler_scale_), rtol=1e-3, atol=1e-4)
+    # standardised units, then in units of each feature's training error (error_scale_)
+    np.testing.assert_allclose(fs, np.square((X_test - recon) / od.scaler_scale_) / od.error_scale_,
+                               rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(OutlierAE.feature_score(X_test, recon), np.square(X_test - recon), rtol=1e-6)
     # the reconstruction is in the data's units: its column means are near the data's
     assert np.all(np.abs(recon.mean(0) - X_test.mean(0)) < 0.5 * X_test.std(0))

@@ -53,3 +53,14 @@ def test_select_mixture_chooses_on_a_bounded_sample_and_refits_on_all(rng):
     params, info = select_mixture(X, candidates=(1, 2), seed=0, max_rows=500)
     assert info["n_components"] == 2
     np.testing.assert_allclose(sorted(params.phi.numpy()), [0.5, 0.5], atol=1e-3)  # refitted on all rows
+
+
+def test_given_n_gmm_fixes_the_scoring_mixture(rng):
+    from dagmm import OutlierAEGMM
+
+    X = rng.normal(size=(400, 5)).astype(np.float32)
+    od = OutlierAEGMM(n_gmm=3).fit(X, epochs=1, verbose=False, seed=0)
+    assert od.auto_config_["mixture_fit"]["n_components"] == 3 and od.phi_.shape == (3,)
+    auto = OutlierAEGMM().fit(X, epochs=1, verbose=False, seed=0)
+    fit = auto.auto_config_["mixture_fit"]
+    assert auto.phi_.shape == (fit["n_components"],) and set(fit["bic"]) == {"1", "2", "4", "8", "16"}

@@ -312,7 +312,9 @@ class OutlierAEGMM(BaseDetector):
         auto = self._auto()
         config = aegmm_config(len(X), X.shape[1:]) if auto else None
         if config is not None and self.n_gmm is not None:
+            # components given: the estimation network and the scoring mixture both have exactly that many
             config["n_gmm"] = self.n_gmm
+            config["mixture_components"] = [self.n_gmm]
         plan = resolve_schedule(config, len(X), epochs, batch_size)
         w_energy = (config["w_energy"] if auto else PAPER_W_ENERGY) if w_energy is None else float(w_energy)
         w_cov_diag = (config["w_cov_diag"] if auto else PAPER_W_COV_DIAG) if w_cov_diag is None else float(w_cov_diag)

@@ -106,7 +106,7 @@ def select_mixture(z: torch.Tensor, candidates: Sequence[int] = (1, 2, 4, 8, 16)
     """The mixture of ``z`` (N, D) whose number of components has the lowest BIC.
 
     Each candidate ``K`` with at least ``rows_per_component`` rows per
-    component is fitted by :func:`kmeans_em` on at most ``max_rows`` random
+    component (a single candidate is used as given) is fitted by :func:`kmeans_em` on at most ``max_rows`` random
     rows (which bounds the cost of the choice), the one with the lowest
     :func:`mixture_bic` there is refitted on all rows.
 
@@ -118,6 +118,8 @@ def select_mixture(z: torch.Tensor, candidates: Sequence[int] = (1, 2, 4, 8, 16)
     """
     n = int(z.shape[0])
     ks = sorted({int(k) for k in candidates if k == 1 or n >= rows_per_component * k}) or [1]
+    if len(candidates) == 1:  # one candidate: used as given (at most one component per row)
+        ks = [int(candidates[0])]
     sel = z
     if n > max_rows:
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
