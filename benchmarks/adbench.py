@@ -380,6 +380,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suite", default="both", help="adbench, defaults or both (default both)")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds 0..N-1 (default 3)")
+    parser.add_argument("--seed-list", help="comma-separated seeds to run instead of 0..N-1 (e.g. to share a run "
+                        "between processes; --report with --seeds N reads them all)")
     parser.add_argument("--candidate", default="default",
                         help="candidate setting(s) of our detectors, comma-separated (default: the library's)")
     parser.add_argument("--methods", help="comma-separated subset of AEGMM,AE," + ",".join(BASELINES))
@@ -405,7 +407,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         if c not in CANDIDATES:
             raise SystemExit(f"unknown candidate {c!r}; known: {', '.join(CANDIDATES)}")
     methods = args.methods.split(",") if args.methods else (BASELINES if args.baselines else OURS + BASELINES)
-    seeds = list(range(args.seeds))
+    seeds = [int(v) for v in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
     paths = [Path(p) for p in args.jsonl.split(",")]  # results are appended to the first; all are read
     path = paths[0]
     command = "python benchmarks/adbench.py " + " ".join(argv)
