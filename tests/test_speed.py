@@ -62,7 +62,9 @@ def test_ae_scores_match_plain_numpy_in_blocks(tabular, monkeypatch):
     fs, iscore = od.score(X_test, outlier_perc=30, batch_size=64)
     # bit for bit only against the same code: the reconstruction at the same batch size (64), then one
     # correctly rounded float32 subtraction and square per element (batch 33 above may round otherwise)
-    np.testing.assert_array_equal(fs, np.square(X_test - od.reconstruct(X_test, batch_size=64)))
+    # (divided by each feature's training error, error_scale_, as feature_score does it)
+    sq = np.square(X_test - od.reconstruct(X_test, batch_size=64))
+    np.testing.assert_array_equal(fs, (sq / od.error_scale_).astype(np.float32))
     k = int(np.ceil(0.3 * X_test.shape[1]))
     want = np.sort(fs.astype(np.float64), axis=1)[:, -k:].mean(1)
     # the same k float32 values averaged in float64 in another order (partition vs sort): k roundings
