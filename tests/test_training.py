@@ -72,7 +72,15 @@ def test_seed_leaves_global_rng_alone(tabular):
 
 def test_mixture_comes_from_whole_training_set(tabular):
     X_train, _, _ = tabular
-    od = OutlierAEGMM(n_gmm=2).fit(X_train, epochs=1, batch_size=100, verbose=False, seed=0)
+    # the paper's scoring mixture (the estimation network's memberships), which a detector with its own
+    # nets keeps; the automatic default fits the mixture by EM instead (tests/test_mixture.py)
+    from torch import nn
+
+    f = X_train.shape[1]
+    od = OutlierAEGMM(n_gmm=2, encoder_net=nn.Sequential(nn.Linear(f, 5), nn.Tanh(), nn.Linear(5, 1)),
+                      decoder_net=nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, f)),
+                      gmm_density_net=nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2), nn.Softmax(1)))
+    od.fit(X_train, epochs=1, batch_size=100, verbose=False, seed=0)
     model = od.aegmm.eval()
     from dagmm.training.scaling import apply_scaling as apply_standardize
     from dagmm.models.gmm import batch_gmm_params
