@@ -20,11 +20,7 @@ import numpy as np
 
 from ..tables.model import DETECTOR, PREPROCESSING
 from ..tables.model import load_table_model as _load_model
-
-
-def _instance_scores(od: Any, X: np.ndarray) -> np.ndarray:
-    scores = od.score(X)
-    return scores[1] if isinstance(scores, tuple) else scores
+from ..tables.scoring import instance_scores as _instance_scores
 
 
 def _check_positive(value: int, flag: str) -> None:
@@ -67,28 +63,9 @@ def _replace_dir(tmp: str, out: str) -> None:
         os.replace(tmp, out)
 
 
-def cmd_fit(args) -> int:
-    import torch
-
+def _save_model(od, pre, args, n_rows: int) -> None:
+    """Write ``detector/`` and ``preprocessing.json`` to a sibling directory, then move it to ``--out``."""
     import dagmm
-    from ..tables.preprocess import TabularPreprocessor
-    from ..tables.tableio import read_table
-    from ..training.loop import default_adam
-
-    for value, flag in ((args.epochs, "--epochs"), (args.batch_size, "--batch-size"), (args.n_gmm, "--n-gmm")):
-        if value is not None:
-            _check_positive(value, flag)
-    if args.lr is not None and not args.lr > 0:
-        raise ValueError(f"--lr must be a positive number, got {args.lr}.")
-    df = read_table(args.data)
-    pre = TabularPreprocessor(args.columns, args.exclude, args.label_column).fit(df)
-    X = pre.transform(df)
-    od = _new_detector(args.detector, args.n_gmm)
-    lr = args.lr
-    od.fit(X, epochs=args.epochs, batch_size=args.batch_size, verbose=not args.quiet, seed=args.seed,
-           optimizer=None if lr is None else (lambda p: default_adam(p, lr)))
-    X_thr = X if args.threshold_data is None else pre.transform(read_table(args.threshold_data))
-    od.infer_threshold(X_thr, threshold_perc=args.threshold_perc)
 
     out = os.path.abspath(args.out)
     parent = os.path.dirname(out)
@@ -98,13 +75,89 @@ def cmd_fit(args) -> int:
         dagmm.save_detector(od, os.path.join(tmp, DETECTOR))
         settings = {"preprocessor": pre.to_dict(), "detector": args.detector, "threshold_perc": args.threshold_perc,
                     "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                    "trained_on": os.path.basename(args.data), "n_rows": int(len(X))}
+                    "trained_on": os.path.basename(args.data.rstrip("/")), "n_rows": int(n_rows)}
         with open(os.path.join(tmp, PREPROCESSING), "w", encoding="utf-8") as fh:
             json.dump(settings, fh, indent=2)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _replace_dir(tmp, out)
+
+
+def _fit_options(args) -> dict:
+    from ..training.loop import default_adam
+
+    for value, flag in ((args.epochs, "--epochs"), (args.batch_size, "--batch-size"), (args.n_gmm, "--n-gmm")):
+        if value is not None:
+            _check_positive(value, flag)
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be a positive number, got {args.lr}.")
+    lr = args.lr
+    return {"epochs": args.epochs, "batch_size": args.batch_size, "verbose": not args.quiet,
+            "optimizer": None if lr is None else (lambda p: default_adam(p, lr))}
+
+
+def _fit_dask(args) -> int:
+    from ..distributed.files import fit_files
+    from ..tables.preprocess import TabularPreprocessor
+
+    if args.threshold_data is not None:
+        raise ValueError("--threshold-data is not used with --engine dask: the threshold comes from all the rows.")
+    _check_positive(args.sample_rows, "--sample-rows")
+    pre = TabularPreprocessor(args.columns, args.exclude, args.label_column)
+    od = _new_detector(args.detector, args.n_gmm)
+    n, n_sample = fit_files(od, pre, args.data, sample_rows=args.sample_rows, seed=args.seed,
+                            threshold_perc=args.threshold_perc, fit_kwargs=_fit_options(args),
+                            scheduler=args.scheduler, workers=args.workers)
+    _save_model(od, pre, args, n)
+    what = "mixture and threshold" if args.detector == "aegmm" else "threshold"
+    print(f"Trained {type(od).__name__} on a sample of {n_sample} of {n} rows; {what} from all {n} rows on Dask "
+          f"(threshold {od.threshold:.6g}). Saved to {args.out}")
+    return 0
+
+
+def _fit_distributed(args) -> int:
+    from ..distributed.ddp import fit_table
+
+    if args.detector != "aegmm":
+        raise ValueError("--distributed trains OutlierAEGMM (--detector aegmm) only.")
+    if args.threshold_data is not None:
+        raise ValueError("--threshold-data is not used with --distributed: the threshold comes from all ranks' rows.")
+    opts = _fit_options(args)
+    od, pre, n, rank, world = fit_table(args.data, columns=args.columns, exclude=args.exclude,
+                                        label_column=args.label_column, n_gmm=args.n_gmm, epochs=opts["epochs"],
+                                        batch_size=opts["batch_size"], lr=args.lr, seed=args.seed,
+                                        global_mixture=args.global_mixture, threshold_perc=args.threshold_perc,
+                                        verbose=opts["verbose"])
+    if rank == 0:
+        _save_model(od, pre, args, n)
+        print(f"Trained {type(od).__name__} on {n} rows over {world} process(es) (DDP"
+              f"{', global batch mixture' if args.global_mixture else ''}); threshold {od.threshold:.6g}. "
+              f"Saved to {args.out}")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    if args.global_mixture and not args.distributed:
+        raise ValueError("--global-mixture applies to --distributed training only.")
+    if args.distributed and args.engine == "dask":
+        raise ValueError("--distributed (torchrun) and --engine dask are two different ways to scale; pick one.")
+    if args.engine == "dask":
+        return _fit_dask(args)
+    if args.distributed:
+        return _fit_distributed(args)
+    from ..tables.preprocess import TabularPreprocessor
+    from ..tables.tableio import read_table
+
+    opts = _fit_options(args)
+    df = read_table(args.data)
+    pre = TabularPreprocessor(args.columns, args.exclude, args.label_column).fit(df)
+    X = pre.transform(df)
+    od = _new_detector(args.detector, args.n_gmm)
+    od.fit(X, seed=args.seed, **opts)
+    X_thr = X if args.threshold_data is None else pre.transform(read_table(args.threshold_data))
+    od.infer_threshold(X_thr, threshold_perc=args.threshold_perc)
+    _save_model(od, pre, args, len(X))
     flagged = float((_instance_scores(od, X) > od.threshold).mean() * 100)
     print(f"Trained {type(od).__name__} on {len(X)} rows x {X.shape[1]} features; threshold "
           f"{od.threshold:.6g} ({flagged:.1f}% of the training rows above it). Saved to {args.out}")
@@ -112,42 +165,20 @@ def cmd_fit(args) -> int:
 
 
 # --------------------------------------------------------------------- score
-def _score_chunks(od, pre, data: str, chunk_rows: int, extra_column=None):
-    from ..tables.tableio import iter_table
-
-    _check_positive(chunk_rows, "--chunk-rows")
-    seen = 0
-    for chunk in iter_table(data, chunk_rows):
-        X = pre.transform(chunk, row_offset=seen)
-        scores = _instance_scores(od, X)
-        extra = None
-        if extra_column is not None:
-            if extra_column not in chunk.columns:
-                raise ValueError(f"Column {extra_column!r} not found in {data}.")
-            extra = chunk[extra_column].to_numpy()
-        yield chunk.index.to_numpy(), scores, extra
-        seen += len(chunk)
-
-
 def cmd_score(args) -> int:
-    import pandas as pd
+    if args.engine == "dask":
+        from ..distributed.files import score_files
 
-    from ..tables.tableio import ChunkWriter
+        _check_positive(args.chunk_rows, "--chunk-rows")
+        n, n_out, outs = score_files(args.model, args.data, args.out, id_column=args.id_column,
+                                     chunk_rows=args.chunk_rows, scheduler=args.scheduler, workers=args.workers)
+        print(f"Scored {n} rows in {len(outs)} partition(s) on Dask: {n_out} outliers "
+              f"({100.0 * n_out / max(n, 1):.2f}%). Wrote {args.out}")
+        return 0
+    from ..tables.scoring import write_scores
 
     od, pre, _ = _load_model(args.model)
-    writer = ChunkWriter(args.out)
-    n = n_out = 0
-    try:
-        for rows, scores, ids in _score_chunks(od, pre, args.data, args.chunk_rows, args.id_column):
-            flags = (scores > od.threshold).astype(np.int64)
-            first = (args.id_column, ids) if args.id_column else ("row", rows)
-            writer.write(pd.DataFrame({first[0]: first[1], "score": scores, "is_outlier": flags}))
-            n += len(scores)
-            n_out += int(flags.sum())
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
+    n, n_out = write_scores(od, pre, args.data, args.out, args.id_column, args.chunk_rows)
     print(f"Scored {n} rows: {n_out} outliers ({100.0 * n_out / max(n, 1):.2f}%). Wrote {args.out}")
     return 0
 
@@ -156,9 +187,11 @@ def cmd_score(args) -> int:
 def cmd_evaluate(args) -> int:
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
+    from ..tables.scoring import score_chunks
+
     od, pre, _ = _load_model(args.model)
     scores, labels = [], []
-    for _, s, y in _score_chunks(od, pre, args.data, args.chunk_rows, args.label_column):
+    for _, s, y in score_chunks(od, pre, args.data, args.chunk_rows, args.label_column):
         scores.append(s)
         labels.append(y)
     scores = np.concatenate(scores)
