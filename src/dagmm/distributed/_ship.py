@@ -43,12 +43,37 @@ class DetectorFiles(NamedTuple):
     preprocessing: bytes
 
 
-def _files(config: bytes, weights: bytes, preprocessing: bytes) -> DetectorFiles:
+def _content_key(config: bytes, weights: bytes, preprocessing: bytes) -> str:
+    """SHA-256 of what the files hold, not of their bytes.
+
+    Saving the same detector twice can give different bytes (safetensors
+    writes its metadata map in no fixed order, and the config records the
+    weights file's own hash), so the key covers the config without that
+    record, in sorted-key JSON, and each tensor by name, dtype, shape and data.
+    """
+    import torch
+    from safetensors.torch import load
+
     h = hashlib.sha256()
-    for part in (config, weights, preprocessing):
+
+    def put(part: bytes) -> None:
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
-    return DetectorFiles(h.hexdigest(), config, weights, preprocessing)
+
+    conf = json.loads(config)
+    conf.pop("weights", None)
+    put(json.dumps(conf, sort_keys=True).encode())
+    tensors = load(weights)
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        put(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        put(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    put(preprocessing)
+    return h.hexdigest()
+
+
+def _files(config: bytes, weights: bytes, preprocessing: bytes) -> DetectorFiles:
+    return DetectorFiles(_content_key(config, weights, preprocessing), config, weights, preprocessing)
 
 
 def pack_dir(path: str | os.PathLike, preprocessor: Optional[Any] = None) -> DetectorFiles:

@@ -248,8 +248,9 @@ def fit_mixture(detector: Any, X: Any, *, columns: Optional[Sequence[str]] = Non
         The same object, its mixture replaced.
     """
     dask, _, _ = _dask()
-    if _kind(detector) != "OutlierAEGMM":
-        raise TypeError("fit_mixture needs an OutlierAEGMM: OutlierAE has no mixture.")
+    if type(detector).__name__ != "OutlierAEGMM":
+        raise TypeError(f"fit_mixture needs an OutlierAEGMM, got {type(detector).__name__} (it has no mixture).")
+    _kind(detector)
     X, frame, columns = _prepare(detector, X, columns, preprocessor)
     files = ship(detector, preprocessor)
     blocks = _blocks(X, frame)

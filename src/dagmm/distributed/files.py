@@ -115,12 +115,14 @@ def fit_files(od: Any, pre: Any, source: str, *, sample_rows: int, seed: int, th
     ``(rows in all files, rows in the sample)``.
     """
     import dask.dataframe as dd
+    import pandas as pd
 
     from .collections import fit_mixture, infer_threshold
 
     inputs = parquet_files(source)
     with dask_client(scheduler, workers):
-        ddf = dd.read_parquet(inputs)
+        # one partition per file, read as `dagmm score` reads it (no columns made up from hive-style folder names)
+        ddf = dd.from_map(pd.read_parquet, inputs)
         n = int(ddf.map_partitions(len).compute().sum())
         if n < 2:
             raise ValueError(f"{source} has {n} row(s); training needs at least 2.")
