@@ -74,12 +74,15 @@ def _dask_run(model: Path, src: Path, out: Path, workers: int, chunk: int) -> di
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("dagmm.distributed.files"))  # workers start and import before the clock
+        client.run(lambda: __import__("dagmm.tables.scoring") and __import__("pyarrow.parquet"))
+        before = client.run(lambda: __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss)
         t = time.perf_counter()
         n, _, _ = score_files(str(model), str(src), str(out), id_column="id", chunk_rows=chunk,
                               scheduler=cluster.scheduler_address)
         seconds = time.perf_counter() - t
         peaks = client.run(lambda: __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss)
-    return {"rows": n, "seconds": seconds, "peak_rss_mb": sorted(v / 1024 for v in peaks.values())}
+    return {"rows": n, "seconds": seconds, "peak_rss_mb": [peaks[w] / 1024 for w in sorted(peaks)],
+            "rss_before_mb": [before[w] / 1024 for w in sorted(peaks)]}
 
 
 def main(argv=None) -> int:
@@ -97,6 +100,7 @@ def main(argv=None) -> int:
 
     root = Path(args.data_dir)
     src, model = root / "data", root / "model"
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     shutil.rmtree(root, ignore_errors=True)
     _write_data(src, args.rows, args.files, args.features, 0)
@@ -122,13 +126,14 @@ def main(argv=None) -> int:
     lines = [f"Scoring {args.rows:,} rows x {args.features} features in {args.files} Parquet files "
              f"({disk_mb:.0f} MiB on disk), chunks of {args.chunk_rows:,} rows; {os.cpu_count()} cores "
              f"({platform.processor() or platform.machine()}), load average at start "
-             f"{os.getloadavg()[0]:.1f}.", "",
-             "| setting | rows | seconds | rows/s | vs in-process | peak RSS per process (MiB) |",
-             "|---|---:|---:|---:|---:|---|"]
+             f"{load:.1f} (other work shares the cores).", "",
+             "| setting | rows | seconds | rows/s | vs in-process | peak RSS per process (MiB) | before the job (MiB) |",
+             "|---|---:|---:|---:|---:|---|---|"]
     for r in runs:
         rate = r["rows"] / r["seconds"]
         lines.append(f"| {r['setting']} | {r['rows']:,} | {r['seconds']:.1f} | {rate:,.0f} | {rate / base:.2f}x | "
-                     f"{', '.join(f'{m:.0f}' for m in r['peak_rss_mb'])} |")
+                     f"{', '.join(f'{m:.0f}' for m in r['peak_rss_mb'])} | "
+                     f"{', '.join(f'{m:.0f}' for m in r.get('rss_before_mb', [])) or 'n/a (own process)'} |")
     table = "\n".join(lines)
     print(table)
     cmd = "nice -n 10 env PYTHONPATH=src python3 benchmarks/scale.py " + " ".join(argv or sys.argv[1:])
