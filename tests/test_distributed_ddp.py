@@ -122,3 +122,18 @@ def test_cli_fit_distributed_saves_the_mixture_and_threshold_of_all_rows(ddp_run
     assert od.threshold == pytest.approx(np.percentile(od.score(X), settings["threshold_perc"]), rel=1e-12)
     assert od.auto_config_["distributed"] == {"world_size": 2, "global_mixture": True}
     assert settings["n_rows"] == len(df)
+
+
+def test_cli_flags_are_checked_before_any_process_group(tmp_path, capsys, monkeypatch):
+    from dagmm.cli import main
+
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    data = tmp_path / "t.csv"
+    data.write_text("a,b\n1,2\n3,4\n")
+    assert main(["fit", str(data), "--distributed", "--out", str(tmp_path / "m")]) == 1
+    assert "--distributed runs under torchrun (environment RANK, WORLD_SIZE" in capsys.readouterr().err
+    assert main(["fit", str(data), "--global-mixture", "--out", str(tmp_path / "m")]) == 1
+    assert "--global-mixture applies to --distributed training only." in capsys.readouterr().err
+    assert main(["fit", str(data), "--distributed", "--engine", "dask", "--out", str(tmp_path / "m")]) == 1
+    assert "pick one" in capsys.readouterr().err
