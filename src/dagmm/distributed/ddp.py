@@ -265,6 +265,7 @@ def fit_table(path: str, *, columns: Optional[Sequence[str]] = None, exclude: Se
     lr = AUTO_LR if lr is None else float(lr)
     torch.manual_seed(seed)  # the same initial weights everywhere (DDP broadcasts rank 0's anyway)
     enc, dec, dens = build_aegmm_nets(config, config["n_gmm"], 2)
+    torch.manual_seed(seed * 1009 + rank + 1)  # then each rank its own dropout masks, not copies of rank 0's
     od = dagmm.OutlierAEGMM(encoder_net=enc, decoder_net=dec, gmm_density_net=dens, n_gmm=config["n_gmm"],
                             recon_features=log_mse_cosine, standardize=True, data_type="tabular")
     history = train_ddp(od.aegmm, Xs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
