@@ -48,8 +48,8 @@ Usage::
     python benchmarks/defaults.py [--seeds 3] [--jobs 2] [--out benchmarks/results] [--quick]
 
 ``--fit-time 10000x50`` instead times default fits (``OutlierAEGMM()``, ``OutlierAE()``, and the paper
-configuration) of one synthetic table of that shape in this process, reporting wall time, process CPU
-time and the load average, to ``defaults_fit_time.{md,json}``.
+configuration) of one synthetic table of that shape in this process, and scoring the same rows,
+reporting wall time, process CPU time and the load average, to ``defaults_fit_time.{md,json}``.
 
 ``--quick`` is a smoke mode (three small tasks, one seed, deep models with ``epochs=2``) that checks
 the pipeline and the output structure in seconds; its numbers mean nothing.
@@ -275,7 +275,7 @@ def to_markdown(summary: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fit_time(shape: str, out: Path, argv: list[str], repeats: int = 3) -> dict:
+def fit_time(shape: str, out: Path, argv: list[str], repeats: int = 3, methods: Optional[list[str]] = None) -> dict:
     """Wall and CPU time of default fits on one ``ROWSxCOLS`` synthetic table (this process alone)."""
     import torch
 
@@ -287,6 +287,9 @@ def fit_time(shape: str, out: Path, argv: list[str], repeats: int = 3) -> dict:
     dagmm.OutlierAE().fit(X[:200], epochs=1, verbose=False)  # warm-up: imports, first-call allocations
     makers = {"OutlierAEGMM()": dagmm.OutlierAEGMM, "OutlierAE()": dagmm.OutlierAE,
               "OutlierAEGMM(architecture='paper')": lambda: dagmm.OutlierAEGMM(architecture="paper")}
+    names = dict(zip(["AEGMM auto", "AE auto", "AEGMM paper"], makers))
+    if methods:
+        makers = {names[m]: makers[names[m]] for m in methods if m in names}
     rows = []
     for name, make in makers.items():
         for r in range(repeats):
@@ -294,9 +297,13 @@ def fit_time(shape: str, out: Path, argv: list[str], repeats: int = 3) -> dict:
             w0, c0 = time.perf_counter(), time.process_time()
             od = make().fit(X, verbose=False, seed=r)
             wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+            w1, c1 = time.perf_counter(), time.process_time()
+            od.score(X)
+            score_wall, score_cpu = time.perf_counter() - w1, time.process_time() - c1
             cfg = od.auto_config_
             steps = (cfg["early_stopping"] or {}).get("steps") or cfg["epochs_run"] * -(-n // cfg["batch_size"])
             rows.append({"detector": name, "repeat": r, "wall_s": wall, "cpu_s": cpu, "steps": steps,
+                         "score_wall_s": score_wall, "score_cpu_s": score_cpu,
                          "load_before": load0, "load_after": os.getloadavg()[0]})
             print(rows[-1], flush=True)
     env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_NUM_THREADS",) if k in os.environ)
@@ -306,10 +313,12 @@ def fit_time(shape: str, out: Path, argv: list[str], repeats: int = 3) -> dict:
              f"torch {meta['torch']}, {meta['torch_threads']} torch thread(s), {meta['cpus']} CPU cores shared "
              "with other jobs (1-minute load average shown). CPU time is the process's user+system time: "
              "with one thread and a loaded machine it is closer to the time the fit takes on idle cores.", "",
-             "| detector | repeat | optimizer steps | wall (s) | CPU (s) | load before/after |",
-             "|---|---:|---:|---:|---:|---|"]
+             "| detector | repeat | optimizer steps | fit wall (s) | fit CPU (s) | score wall (s) | score CPU (s) | "
+             "fit+score wall (s) | load before/after |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['detector']} | {r['repeat']} | {r['steps']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+                     f"{r['score_wall_s']:.1f} | {r['score_cpu_s']:.1f} | {r['wall_s'] + r['score_wall_s']:.1f} | "
                      f"{r['load_before']:.1f}/{r['load_after']:.1f} |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "defaults_fit_time.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
@@ -330,7 +339,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="fits per detector with --fit-time (default 3)")
     args = parser.parse_args(argv)
     if args.fit_time:
-        return fit_time(args.fit_time, Path(args.out), argv if argv is not None else sys.argv[1:], args.repeats)
+        return fit_time(args.fit_time, Path(args.out), argv if argv is not None else sys.argv[1:], args.repeats,
+                        args.methods.split(",") if args.methods else None)
     import sklearn
     import torch
 

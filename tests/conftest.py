@@ -81,3 +81,25 @@ def digits_images():
 
     X = (load_digits().images / 16.0).astype(np.float32)
     return np.kron(X, np.ones((2, 2), dtype=np.float32))[..., None]  # (1797, 16, 16, 1)
+
+
+# ------------------------------------------------------------------ tolerances between code paths
+#: Unit roundoff of the two float types the library computes in.
+EPS32 = float(np.finfo(np.float32).eps)  # 1.19e-7
+EPS64 = float(np.finfo(np.float64).eps)  # 2.22e-16
+
+
+def float64_reordered(ref, n_ops: int, scale=None) -> dict:
+    """``rtol``/``atol`` for two float64 evaluations of one formula that add in another order.
+
+    Each of the ``n_ops`` operations a result depends on can round by ``EPS64`` times the size
+    of the terms it combines (``scale``, default the largest ``|ref|`` and at least 1).  The bound
+    has to be absolute as well: a result that cancels (an energy near 0 made of O(1) terms, a
+    cosine near 0) keeps the absolute error of its terms, so a relative bound alone fails on a
+    CPU whose BLAS or vector width orders the sums differently (AVX-512 vs AVX2).
+    """
+    ref = np.asarray(ref.detach().cpu().numpy() if hasattr(ref, "detach") else ref, dtype=np.float64)
+    size = float(np.abs(ref).max()) if ref.size else 1.0
+    scale = max(1.0, size) if scale is None else float(scale)
+    return {"rtol": n_ops * EPS64, "atol": n_ops * EPS64 * scale}
+

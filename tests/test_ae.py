@@ -169,3 +169,34 @@ def test_default_optimizer_is_adam_lr_1e3(tabular, monkeypatch):
     OutlierAE().fit(tabular[0][:100], epochs=1, verbose=False)
     (opt,) = built
     assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 1e-3
+
+
+def test_default_scores_are_in_units_of_the_training_error(tabular):
+    """The default tabular detector divides each feature's squared error by its training mean (error_scale_)."""
+    X = np.asarray(tabular[0], dtype=np.float32)
+    X_fit = X[:400]
+    od = OutlierAE().fit(X_fit, epochs=3, verbose=False, seed=0)
+    assert od.auto_config_["error_scale"] == "train"
+    # independent path: the reconstruction in data units, standardised and squared by numpy in float64
+    raw = ((X_fit - od.reconstruct(X_fit)) / od.scaler_scale_).astype(np.float64) ** 2  # (N, F)
+    mean = raw.mean(0)
+    expected = np.maximum(mean, 0.01 * mean.mean())
+    # float32 reconstruction in data units, re-standardised: agreement to ~1e-4 relative
+    np.testing.assert_allclose(od.error_scale_, expected, rtol=1e-3)
+    fs, inst = od.score(X[400:])
+    ref = ((X[400:] - od.reconstruct(X[400:])) / od.scaler_scale_).astype(np.float64) ** 2 / od.error_scale_
+    np.testing.assert_allclose(fs, ref, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(inst, ref.mean(1), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(od.feature_score(X[400:], od.reconstruct(X[400:])), fs, rtol=1e-3, atol=1e-4)
+    # on the training rows every feature (none floored here) then averages to one
+    if (mean > 0.01 * mean.mean()).all():
+        np.testing.assert_allclose(od.score(X_fit)[0].mean(0), 1.0, rtol=1e-3)
+
+
+def test_user_nets_keep_the_plain_squared_error(tabular):
+    X = np.asarray(tabular[0], dtype=np.float32)[:200]
+    enc, dec = nn.Linear(X.shape[1], 2), nn.Linear(2, X.shape[1])
+    od = OutlierAE(encoder_net=enc, decoder_net=dec).fit(X, epochs=1, verbose=False, seed=0)
+    assert od.error_scale_ is None
+    fs, _ = od.score(X)
+    np.testing.assert_allclose(fs, (X - od.reconstruct(X)) ** 2, rtol=1e-5, atol=1e-6)

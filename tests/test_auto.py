@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+from scipy.stats import spearmanr
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -15,14 +16,16 @@ from dagmm import OutlierAE, OutlierAEGMM
 from dagmm.training.auto import (
     ae_config,
     aegmm_config,
-    apply_standardize,
     n_components,
     resolve_schedule,
     schedule,
-    standardize_stats,
 )
+from dagmm.training.scaling import apply_scaling as apply_standardize
+from dagmm.training.scaling import fit_scaling as standardize_stats
 from dagmm.training.loop import EarlyStopping, split_holdout
 from dagmm.synthetic import make_typed_outliers
+
+from conftest import float64_reordered
 
 
 class CountingAdam(torch.optim.Adam):
@@ -152,11 +155,14 @@ def test_standardisation_stats_match_numpy(cls, raw_task):
     X = raw_task[0][:300].copy()
     X[:, 2] = 7.0  # a constant column gets scale 1
     od = cls().fit(X, epochs=1, verbose=False, seed=0)
-    np.testing.assert_allclose(od.scaler_mean_, X.astype(np.float64).mean(0), rtol=1e-6, atol=1e-6)
+    # float64 statistics against numpy's: N sums in another order (plus one rescaling per value) on
+    # values up to max|X|, so N + 2 roundings of that size each
+    tol = float64_reordered(X, len(X) + 2, scale=np.abs(X).max())
+    np.testing.assert_allclose(od.scaler_mean_, X.astype(np.float64).mean(0), **tol)
     expected = X.astype(np.float64).std(0)
     expected[2] = 1.0
-    np.testing.assert_allclose(od.scaler_scale_, expected, rtol=1e-6)
-    assert od.scaler_mean_.dtype == np.float32 and od.auto_config_["standardize"] is True
+    np.testing.assert_allclose(od.scaler_scale_, expected, **tol)
+    assert od.scaler_mean_.dtype == np.float64 and od.auto_config_["standardize"] is True
     off = cls(standardize=False).fit(X, epochs=1, verbose=False, seed=0)
     assert off.scaler_mean_ is None and off.auto_config_["standardize"] is False
     mean, scale = standardize_stats(X)
@@ -177,7 +183,14 @@ def test_scores_invariant_to_affine_rescaling(cls, raw_task):
     kw = dict(epochs=3, verbose=False, seed=0)
     base = scores(cls().fit(X_train, **kw), X_test)
     moved = scores(cls().fit(X_train * a + b, **kw), X_test * a + b)
-    np.testing.assert_allclose(moved, base, rtol=2e-3, atol=2e-3)
+    if cls is OutlierAE:
+        np.testing.assert_allclose(moved, base, rtol=2e-3, atol=2e-3)
+    else:
+        # The standardised inputs agree to float32 rounding, and so do the codes; the scoring mixture
+        # (k-means starts, then EM stopped at a tolerance) amplifies that into ~1e-3 relative changes
+        # of the energies (up to ~0.5 on energies of ~200), while the ranking stays the same.
+        np.testing.assert_allclose(moved, base, rtol=1e-2, atol=0.05)
+        assert spearmanr(moved, base).statistic > 0.999
     raw = scores(cls(standardize=False).fit(X_train * a + b, **kw), X_test * a + b)
     assert not np.allclose(raw, base, rtol=0.1)
 
@@ -188,7 +201,9 @@ def test_feature_scores_in_standardised_units(raw_task):
     recon = od.reconstruct(X_test)
     fs, _ = od.score(X_test)
     np.testing.assert_allclose(od.feature_score(X_test, recon), fs, rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(fs, np.square((X_test - recon) / od.scaler_scale_), rtol=1e-3, atol=1e-4)
+    # standardised units, then in units of each feature's training error (error_scale_)
+    np.testing.assert_allclose(fs, np.square((X_test - recon) / od.scaler_scale_) / od.error_scale_,
+                               rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(OutlierAE.feature_score(X_test, recon), np.square(X_test - recon), rtol=1e-6)
     # the reconstruction is in the data's units: its column means are near the data's
     assert np.all(np.abs(recon.mean(0) - X_test.mean(0)) < 0.5 * X_test.std(0))
@@ -252,7 +267,9 @@ def test_reconstruction_features_by_architecture(rng):
     x, xr = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
     got = log_mse_cosine(torch.from_numpy(x), torch.from_numpy(xr)).numpy()
     cos = (x * xr).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(xr, axis=1))
-    np.testing.assert_allclose(got, np.c_[np.log(((x - xr) ** 2).mean(1) + 1e-6), cos], rtol=1e-12)
+    want = np.c_[np.log(((x - xr) ** 2).mean(1) + 1e-6), cos]
+    # torch vs numpy float64 over 5 features: a few dozen roundings; absolute too, a cosine can be ~0
+    np.testing.assert_allclose(got, want, **float64_reordered(want, 64))
     assert OutlierAEGMM()._recon_fn() is log_mse_cosine
     assert OutlierAEGMM(architecture="paper")._recon_fn() is default_recon_features
     enc, dec = nn.Linear(5, 1), nn.Linear(1, 5)

@@ -100,6 +100,8 @@ def test_score_matches_python_api_in_any_column_order(files, model, tmp_path):
     assert a["event_id"].tolist() == files["test_df"]["event_id"].tolist()
     assert b["row"].tolist() == list(range(300))
     expected = _python_scores(model, files["test_df"])
+    # the same code on the same 300 rows in one batch; CSV round-trips float64 exactly (repr), so
+    # only the 17-digit text of the scores themselves separates them (~1e-16 relative)
     np.testing.assert_allclose(a["score"], expected, rtol=1e-12)
     # Other column order, 7-row chunks: float32 matrix products round differently at another batch
     # size, so equal up to float32 precision rather than bit for bit.

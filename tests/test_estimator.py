@@ -40,7 +40,7 @@ def test_same_result_as_outlier_aegmm_built_the_same_way(data):
     est = DAGMM(lambda1=0.2, lambda2=0.01, learning_rate=1e-3, **SMALL).fit(data)
     mean, std = data.mean(0, dtype=np.float64), data.std(0, dtype=np.float64)
     std[std == 0] = 1
-    xn = (data - mean.astype(np.float32)) / std.astype(np.float32)
+    xn = ((data.astype(np.float64) - mean) / std).astype(np.float32)  # the z-score in float64, then cast
     torch.manual_seed(7)
     enc = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 1))
     dec = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 5))

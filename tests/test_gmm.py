@@ -8,6 +8,7 @@ import torch
 from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture
 
+from dagmm.models.mixture import fit_gmm_em
 from dagmm.models.gmm import (
     CholeskyError,
     add_stats,
@@ -19,6 +20,8 @@ from dagmm.models.gmm import (
     precision_cholesky,
     sample_energy,
 )
+
+from conftest import float64_reordered
 
 
 @pytest.fixture
@@ -64,7 +67,9 @@ def test_batch_params_match_weighted_formulas(rng):
         np.testing.assert_allclose(phi[k], g[:, k].mean())
         expected_cov = np.cov(z.numpy().T, aweights=g[:, k], bias=True)
         np.testing.assert_allclose(mu[k].numpy(), np.average(z.numpy(), axis=0, weights=g[:, k]))
-        np.testing.assert_allclose(cov[k].numpy(), expected_cov, rtol=1e-10)
+        # numpy's weighted covariance: the same 40 weighted products summed in another order, absolute
+        # too (an off-diagonal entry near 0 keeps the rounding of O(1) products)
+        np.testing.assert_allclose(cov[k].numpy(), expected_cov, **float64_reordered(expected_cov, 4 * 40))
 
 
 def test_batched_stats_equal_one_batch(rng):
@@ -108,3 +113,38 @@ def test_cholesky_failure_message():
 def test_cov_diag_penalty():
     cov = torch.diag_embed(torch.tensor([[1.0, 2.0], [4.0, 0.5]]))
     assert cov_diag_penalty(cov).item() == pytest.approx(1 + 0.5 + 0.25 + 2)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # tol=0: runs all 100 iterations
+def test_em_matches_sklearn_from_the_same_start(fitted_gmm):
+    """EM from given memberships reaches scikit-learn's GaussianMixture started at the same parameters.
+
+    Ours runs on z-scores and maps back; EM is affine-equivariant, so with the regularisation
+    negligible (1e-12 on variances of order 1) both follow the same iterates; float64 rounding of
+    100 iterations on 500 rows stays far below the 1e-6 tolerance.
+    """
+    _, X = fitted_gmm
+    rng = np.random.default_rng(5)
+    gamma = rng.dirichlet([1.0, 1.0], size=len(X))  # a poor start, so EM has work to do
+    start = batch_gmm_params(torch.from_numpy(X), torch.from_numpy(gamma))
+    params, n_iter = fit_gmm_em(torch.from_numpy(X), torch.from_numpy(gamma), reg=1e-12, max_iter=100, tol=0.0)
+    assert n_iter == 100
+    prec0 = np.linalg.inv(start.cov.numpy())
+    gm = GaussianMixture(2, covariance_type="full", reg_covar=1e-12, max_iter=100, tol=0.0,
+                         weights_init=start.phi.numpy(), means_init=start.mu.numpy(), precisions_init=prec0)
+    gm.fit(X)
+    # sklearn starts with an E-step on the initial parameters and then alternates like ours
+    np.testing.assert_allclose(params.phi.numpy(), gm.weights_, atol=1e-6)
+    np.testing.assert_allclose(params.mu.numpy(), gm.means_, atol=1e-6)
+    np.testing.assert_allclose(params.cov.numpy(), gm.covariances_, atol=1e-6)
+
+
+def test_em_stops_on_tolerance_and_keeps_a_constant_feature_finite(rng):
+    z = np.c_[rng.normal(size=(400, 2)), np.full(400, 3.0)]  # a constant third feature
+    gamma = np.full((400, 1), 1.0)
+    params, n_iter = fit_gmm_em(torch.from_numpy(z), torch.from_numpy(gamma), reg=1e-6)
+    assert n_iter <= 3  # one component: the first M-step is already the maximum
+    np.testing.assert_allclose(params.mu.numpy()[0], z.mean(0), atol=1e-12)
+    np.testing.assert_allclose(params.cov.numpy()[0, :2, :2], np.cov(z[:, :2].T, bias=True) + 1e-6 * np.eye(2) *
+                               z[:, :2].std(0)[:, None] * z[:, :2].std(0)[None, :], atol=1e-12)
+    assert params.cov[0, 2, 2] == pytest.approx(1e-6)  # scale 1 for the constant: reg in its own units

@@ -459,7 +459,7 @@ def test_dagmm_estimator_with_nested_detector(data, tmp_path):
     assert cfg["fitted"]["detector_"]["__detector__"]["class"] == "OutlierAEGMM"
     back = load_detector(tmp_path / "est")
     assert type(back) is DAGMM and back.get_params() == est.get_params()
-    assert back.x_mean_.dtype == np.float32 and back.n_features_in_ == 10
+    assert back.x_mean_.dtype == np.float64 and back.n_features_in_ == 10
     np.testing.assert_array_equal(back.predict(data[1]), est.predict(data[1]))
     _roundtrip(est.detector_, tmp_path / "inner", data[1])
     unscaled = DAGMM(comp_hiddens=(16, 3), est_hiddens=(8, 2), minibatch_size=64, epoch_size=1,

@@ -74,7 +74,7 @@ def test_mixture_comes_from_whole_training_set(tabular):
     X_train, _, _ = tabular
     od = OutlierAEGMM(n_gmm=2).fit(X_train, epochs=1, batch_size=100, verbose=False, seed=0)
     model = od.aegmm.eval()
-    from dagmm.training.auto import apply_standardize
+    from dagmm.training.scaling import apply_scaling as apply_standardize
     from dagmm.models.gmm import batch_gmm_params
 
     X_std = apply_standardize(X_train, od.scaler_mean_, od.scaler_scale_)  # what the network sees

@@ -7,7 +7,48 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["check_array", "check_percent", "check_positive_int"]
+__all__ = ["align_columns", "check_array", "check_percent", "check_positive_int", "column_names"]
+
+
+def column_names(X: Any) -> Optional[list[str]]:
+    """The column names of a DataFrame whose names are all strings (as scikit-learn's ``feature_names_in_``)."""
+    cols = getattr(X, "columns", None)
+    if cols is None or isinstance(X, np.ndarray) or not hasattr(X, "to_numpy"):
+        return None
+    names = list(cols)
+    return [str(c) for c in names] if names and all(isinstance(c, str) for c in names) else None
+
+
+def align_columns(X: Any, fitted: Optional[Sequence[str]], name: str = "X") -> Any:
+    """``X`` with its DataFrame columns in the fitted order (looked up by name).
+
+    Arrays, and detectors fitted without names, pass through unchanged.
+
+    Raises
+    ------
+    ValueError
+        If the DataFrame lacks fitted columns or has columns the detector was not fitted on.
+    """
+    names = column_names(X)
+    if fitted is None or names is None:
+        return X
+    fitted = list(fitted)
+    if names == fitted:
+        return X
+    missing = [c for c in fitted if c not in set(names)]
+    unknown = [c for c in names if c not in set(fitted)]
+    if missing or unknown or len(set(names)) != len(names):
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(repr(c) for c in missing[:10])}")
+        if unknown:
+            parts.append(f"not seen in fit {', '.join(repr(c) for c in unknown[:10])}")
+        if not parts:
+            parts.append("duplicated column names")
+        raise ValueError(f"{name} has other columns than the detector was fitted on ({'; '.join(parts)}). "
+                         f"Pass a DataFrame with the columns {fitted[:10]}{' ...' if len(fitted) > 10 else ''} "
+                         "(any order).")
+    return X[fitted]  # same names, another order: reorder by name
 
 
 def check_array(
@@ -15,8 +56,13 @@ def check_array(
     name: str = "X",
     feature_shape: Optional[Sequence[int]] = None,
     min_rows: int = 1,
+    precise: bool = False,
 ) -> np.ndarray:
     """Validate a data array and return it as C-contiguous float32.
+
+    With ``precise=True`` float64 and integer data come back as float64
+    instead, so a scaling can be applied before the cast to float32
+    (:mod:`dagmm.training.scaling`); float32 and float16 data come back as float32.
 
     Parameters
     ----------
@@ -59,7 +105,8 @@ def check_array(
             f"{name} has feature shape {tuple(X.shape[1:])}, but the detector was fitted on "
             f"feature shape {tuple(feature_shape)}. Pass data with the same columns as in fit."
         )
-    X = np.ascontiguousarray(X, dtype=np.float32)
+    wide = precise and not (np.issubdtype(X.dtype, np.floating) and X.dtype.itemsize <= 4)
+    X = np.ascontiguousarray(X, dtype=np.float64 if wide else np.float32)
     rows = _nonfinite_rows(X.reshape(X.shape[0], -1))
     if rows.size:
         shown = ", ".join(str(r) for r in rows[:10]) + (", ..." if rows.size > 10 else "")
@@ -71,7 +118,7 @@ def check_array(
 
 
 def _nonfinite_rows(X: np.ndarray) -> np.ndarray:
-    """Indices of the rows of a 2-D float32 array that hold NaN or +-inf.
+    """Indices of the rows of a 2-D float array that hold NaN or +-inf.
 
     A row sum is non-finite whenever the row holds NaN or inf, so one BLAS
     matrix-vector product screens every row at memory speed with (N,) extra

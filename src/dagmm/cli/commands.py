@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,40 +46,79 @@ def _new_detector(kind: str, n_gmm: int):
     return dagmm.OutlierAE(data_type="tabular")
 
 
-def _replace_dir(tmp: str, out: str) -> None:
-    """Move the finished ``tmp`` to ``out``; an old model is removed only afterwards."""
-    if os.path.exists(out):
-        if not os.path.isfile(os.path.join(out, PREPROCESSING)):
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(f"Refusing to replace {out}: it exists and is not a dagmm model directory.")
-        old = tempfile.mkdtemp(prefix=".dagmm-old-", dir=os.path.dirname(os.path.abspath(out)))
-        os.rmdir(old)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+def _check_out_dir(out: str) -> None:
+    """Refuse, before any training, an ``--out`` that ``dagmm fit`` could not replace."""
+    if os.path.lexists(out):
+        if os.path.islink(out) or not os.path.isdir(out):
+            raise FileExistsError(f"--out {out} exists and is not a directory; choose another path or delete it.")
+        if not os.path.isfile(os.path.join(out, PREPROCESSING)) and any(os.scandir(out)):
+            raise FileExistsError(f"--out {out} exists and is not a dagmm model directory (no {PREPROCESSING}); "
+                                  "choose another path or delete it.")
+    parent = os.path.dirname(os.path.abspath(out))
+    probe = parent
+    while not os.path.exists(probe):  # the nearest existing folder must let us create the model there
+        probe = os.path.dirname(probe)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: cannot write in {probe}.")
+
+
+def _check_fit_args(args) -> None:
+    """Every check that does not need the data, before anything is read or trained."""
+    from ..tables.tableio import table_format
+
+    for value, flag in ((args.epochs, "--epochs"), (args.batch_size, "--batch-size"), (args.n_gmm, "--n-gmm"),
+                        (args.max_categories, "--max-categories")):
+        if value is not None:
+            _check_positive(value, flag)
+    if args.lr is not None and not (args.lr > 0 and np.isfinite(args.lr)):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}.")
+    if not (0.0 <= args.threshold_perc <= 100.0):
+        raise ValueError(f"--threshold-perc must be a percentile in [0, 100], got {args.threshold_perc}.")
+    for path, flag in ((args.data, "data"), (args.threshold_data, "--threshold-data")):
+        if path is None:
+            continue
+        table_format(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{flag + ': ' if flag.startswith('--') else ''}No such file: {path}")
+    _check_out_dir(args.out)
+
+
+def _read_training_table(path: str) -> Any:
+    """The training table, its text columns read as text (so the categories are the file's own strings)."""
+    from ..tables.preprocess import TabularPreprocessor
+    from ..tables.tableio import read_table, table_format
+
+    df = read_table(path)
+    text = [c for c in df.columns if TabularPreprocessor.is_categorical(df[c])]
+    if text and table_format(path) == "csv":
+        df = read_table(path, str_columns=text)
+    return df
+
+
+def _schedule(od: Any) -> dict:
+    """The schedule that ran, from the detector's ``auto_config_``."""
+    cfg = getattr(od, "auto_config_", None) or {}
+    return {k: cfg.get(k) for k in ("epochs", "epochs_run", "batch_size", "lr", "early_stopping")}
 
 
 def _save_model(od, pre, args, n_rows: int) -> None:
-    """Write ``detector/`` and ``preprocessing.json`` to a sibling directory, then move it to ``--out``."""
-    import dagmm
+    """Stage ``detector/`` and ``preprocessing.json`` beside ``--out``, then swap it in.
 
-    out = os.path.abspath(args.out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".dagmm-new-", dir=parent)
-    try:
-        dagmm.save_detector(od, os.path.join(tmp, DETECTOR))
-        settings = {"preprocessor": pre.to_dict(), "detector": args.detector, "threshold_perc": args.threshold_perc,
-                    "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                    "trained_on": os.path.basename(args.data.rstrip("/")), "n_rows": int(n_rows)}
-        with open(os.path.join(tmp, PREPROCESSING), "w", encoding="utf-8") as fh:
-            json.dump(settings, fh, indent=2)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _replace_dir(tmp, out)
+    A kill at any instant leaves the old or the new model (``persistence.staged_directory``).
+    """
+    import dagmm
+    from ..persistence import staged_directory
+
+    ran = _schedule(od)
+    if args.lr is not None:
+        ran["lr"] = args.lr
+    settings = {"preprocessor": pre.to_dict(), "detector": args.detector, "threshold_perc": args.threshold_perc,
+                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                "schedule": ran, "trained_on": os.path.basename(str(args.data).rstrip("/")), "n_rows": int(n_rows)}
+    with staged_directory(args.out, marker=PREPROCESSING, what="a dagmm model directory") as tmp:
+        dagmm.save_detector(od, tmp / DETECTOR)
+        with open(tmp / PREPROCESSING, "w", encoding="utf-8") as fh:
+            json.dump(settings, fh, indent=2, allow_nan=False)
 
 
 def _fit_options(args) -> dict:
@@ -90,8 +127,11 @@ def _fit_options(args) -> dict:
     for value, flag in ((args.epochs, "--epochs"), (args.batch_size, "--batch-size"), (args.n_gmm, "--n-gmm")):
         if value is not None:
             _check_positive(value, flag)
-    if args.lr is not None and not args.lr > 0:
+    if args.lr is not None and not (args.lr > 0 and np.isfinite(args.lr)):
         raise ValueError(f"--lr must be a positive number, got {args.lr}.")
+    if not (0.0 <= args.threshold_perc <= 100.0):
+        raise ValueError(f"--threshold-perc must be a percentile in [0, 100], got {args.threshold_perc}.")
+    _check_out_dir(args.out)
     lr = args.lr
     return {"epochs": args.epochs, "batch_size": args.batch_size, "verbose": not args.quiet,
             "optimizer": None if lr is None else (lambda p: default_adam(p, lr))}
@@ -146,17 +186,24 @@ def cmd_fit(args) -> int:
         return _fit_dask(args)
     if args.distributed:
         return _fit_distributed(args)
-    from ..tables.preprocess import TabularPreprocessor
+    from ..tables.preprocess import MAX_CATEGORIES, TabularPreprocessor
     from ..tables.tableio import read_table
+    from ..training.loop import default_adam
 
-    opts = _fit_options(args)
-    df = read_table(args.data)
-    pre = TabularPreprocessor(args.columns, args.exclude, args.label_column).fit(df)
+    _check_fit_args(args)
+    df = _read_training_table(args.data)
+    pre = TabularPreprocessor(args.columns, args.exclude, args.label_column,
+                              MAX_CATEGORIES if args.max_categories is None else args.max_categories).fit(df)
     X = pre.transform(df)
+    X_thr = X
+    if args.threshold_data is not None:  # read and checked before training, not after it
+        X_thr = pre.transform(read_table(args.threshold_data, str_columns=pre.categorical_columns))
     od = _new_detector(args.detector, args.n_gmm)
-    od.fit(X, seed=args.seed, **opts)
-    X_thr = X if args.threshold_data is None else pre.transform(read_table(args.threshold_data))
+    lr = args.lr
+    od.fit(X, epochs=args.epochs, batch_size=args.batch_size, verbose=not args.quiet, seed=args.seed,
+           optimizer=None if lr is None else (lambda p: default_adam(p, lr)))
     od.infer_threshold(X_thr, threshold_perc=args.threshold_perc)
+
     _save_model(od, pre, args, len(X))
     flagged = float((_instance_scores(od, X) > od.threshold).mean() * 100)
     print(f"Trained {type(od).__name__} on {len(X)} rows x {X.shape[1]} features; threshold "
@@ -165,6 +212,11 @@ def cmd_fit(args) -> int:
 
 
 # --------------------------------------------------------------------- score
+def _progress(args) -> bool:
+    """A progress bar on a terminal, unless --quiet; never in logs and pipes (errors stay one line)."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def cmd_score(args) -> int:
     if args.engine == "dask":
         from ..distributed.files import score_files
@@ -175,10 +227,12 @@ def cmd_score(args) -> int:
         print(f"Scored {n} rows in {len(outs)} partition(s) on Dask: {n_out} outliers "
               f"({100.0 * n_out / max(n, 1):.2f}%). Wrote {args.out}")
         return 0
+    from ..tables.model import load_scoring_model
     from ..tables.scoring import write_scores
 
-    od, pre, _ = _load_model(args.model)
-    n, n_out = write_scores(od, pre, args.data, args.out, args.id_column, args.chunk_rows)
+    _check_positive(args.chunk_rows, "--chunk-rows")
+    od, pre, _ = load_scoring_model(args.model, skip=[args.id_column] if args.id_column else [])
+    n, n_out = write_scores(od, pre, args.data, args.out, args.id_column, args.chunk_rows, progress=_progress(args))
     print(f"Scored {n} rows: {n_out} outliers ({100.0 * n_out / max(n, 1):.2f}%). Wrote {args.out}")
     return 0
 
@@ -187,11 +241,13 @@ def cmd_score(args) -> int:
 def cmd_evaluate(args) -> int:
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
+    from ..tables.model import load_scoring_model
     from ..tables.scoring import score_chunks
 
-    od, pre, _ = _load_model(args.model)
+    _check_positive(args.chunk_rows, "--chunk-rows")
+    od, pre, _ = load_scoring_model(args.model, skip=[args.label_column])
     scores, labels = [], []
-    for _, s, y in score_chunks(od, pre, args.data, args.chunk_rows, args.label_column):
+    for _, s, y in score_chunks(od, pre, args.data, args.chunk_rows, args.label_column, progress=_progress(args)):
         scores.append(s)
         labels.append(y)
     scores = np.concatenate(scores)
@@ -221,15 +277,16 @@ def cmd_evaluate(args) -> int:
 def cmd_info(args) -> int:
     import dagmm
 
+    from ..persistence import read_config
+    from ..tables.model import is_table_model
+
     path = Path(args.model)
     settings = None
-    if (path / PREPROCESSING).is_file():
+    if is_table_model(path):
         with open(path / PREPROCESSING, encoding="utf-8") as fh:
             settings = json.load(fh)
         path = path / DETECTOR
-    if not path.is_dir():
-        raise FileNotFoundError(f"No model directory at {args.model}")
-    from ..persistence import read_config
+    # a missing directory is reported (or, after a killed save, put back) by load_detector
 
     od = dagmm.load_detector(str(path))
     config = read_config(path)
@@ -251,8 +308,20 @@ def cmd_info(args) -> int:
         print(f"preprocessing: {len(pre['numeric'])} numeric column(s) standardised, "
               f"{len(pre['categorical'])} categorical column(s) one-hot encoded")
         print(f"trained on: {settings.get('trained_on')} ({settings.get('n_rows')} rows), "
-              f"epochs {settings.get('epochs')}, batch {settings.get('batch_size')}, lr {settings.get('lr')}, "
               f"seed {settings.get('seed')}, threshold percentile {settings.get('threshold_perc')}")
+    ran = _schedule(od)
+    if settings is not None:  # what ran; files of dagmm 0.1 hold only what was asked for
+        ran = {**ran, **{k: v for k, v in (settings.get("schedule") or {}).items() if v is not None}}
+        for key, asked in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr")):
+            if ran.get(key) is None:
+                ran[key] = settings.get(asked)
+    if any(v is not None for v in ran.values()):
+        epochs = ran.get("epochs")
+        run = ran.get("epochs_run")
+        text = f"{run} of {epochs}" if run is not None and epochs is not None and run != epochs else f"{epochs}"
+        stop = " (stopped early)" if ran.get("early_stopping") else ""
+        lr = "the optimizer's own" if ran.get("lr") is None else f"{ran['lr']:g}"
+        print(f"training: epochs {text}{stop}, batch {ran.get('batch_size')}, lr {lr}")
     return 0
 
 

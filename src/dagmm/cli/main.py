@@ -1,12 +1,14 @@
 """The ``dagmm`` command line (``dagmm fit|score|evaluate|info|export|bench|demo``).
 
 Exit codes: 0 success, 1 runtime error (one line on stderr; ``--debug`` shows
-the traceback), 2 usage error.
+the traceback), 2 usage error, 130 interrupted (Ctrl-C, SIGINT), 141 output
+pipe closed early (``dagmm info MODEL | head``: no message, as other tools).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from typing import Optional, Sequence
@@ -63,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--columns", type=_csv_list, help="comma-separated feature columns (default: all)")
     fit.add_argument("--exclude", type=_csv_list, default=[], help="comma-separated columns to leave out")
     fit.add_argument("--label-column", help="column holding labels; never used as a feature")
+    fit.add_argument("--max-categories", type=int, default=None,
+                     help="most distinct values of a text column (default 256, and at most half the rows); "
+                          "more is refused as an id column")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_engine(fit, "DATA is a Parquet directory or glob; train on a sample (--sample-rows), then fit the "
                 "mixture and the threshold over every row on Dask")
@@ -77,22 +82,25 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(fit)
 
     score = sub.add_parser("score", help="score a file with a saved model, chunk by chunk")
-    score.add_argument("model", help="model directory written by `dagmm fit`")
+    score.add_argument("model", help="model directory written by `dagmm fit`, or a detector saved with "
+                       "dagmm.save_detector (numeric columns: by the names it was fitted on, else in file order)")
     score.add_argument("data", help="data to score: .csv, .csv.gz, .parquet or .npy")
     score.add_argument("--out", required=True, help="scores file to write (.csv or .parquet); with --engine dask, "
                        "the directory to write one .parquet per input file to")
     score.add_argument("--id-column", help="column copied to the output as the row id (default: row number)")
     score.add_argument("--chunk-rows", type=int, default=100_000, help="rows read at a time (default 100000)")
+    score.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_engine(score, "DATA is a Parquet directory or glob and --out a directory: one output file per input file")
     _add_common(score)
 
     ev = sub.add_parser("evaluate", help="precision/recall/F1/AUROC/AUPRC of a saved model on labelled data")
-    ev.add_argument("model", help="model directory written by `dagmm fit`")
+    ev.add_argument("model", help="model directory written by `dagmm fit` or dagmm.save_detector")
     ev.add_argument("data", help="labelled data: .csv, .csv.gz, .parquet or .npy")
     ev.add_argument("--label-column", required=True, help="column with 1 (or --positive-label) for outliers")
     ev.add_argument("--positive-label", default="1", help="label value of outliers (default 1)")
     ev.add_argument("--roc", help="write a ROC curve plot to this PNG file")
     ev.add_argument("--chunk-rows", type=int, default=100_000, help="rows read at a time (default 100000)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(ev)
 
     info = sub.add_parser("info", help="describe a saved model")
@@ -133,16 +141,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     handler = getattr(commands, f"cmd_{args.command}")
     try:
-        return int(handler(args) or 0)
+        code = int(handler(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
     except KeyboardInterrupt:
         print("dagmm: interrupted", file=sys.stderr)
-        return 1
+        return 130  # 128 + SIGINT, as shells report it
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE: the reader (e.g. `head`) stopped reading; not an error to report
     except Exception as err:  # one clear line, as promised in the docs
         if args.debug:
             traceback.print_exc()
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"dagmm {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's exit flush does not fail again on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .._validation import check_array
+from ..training.scaling import apply_scaling, fit_scaling
 
 __all__ = ["PROTOCOLS", "SCALERS", "fit_scaler", "protocol_indices", "protocol_split"]
 
@@ -127,18 +128,22 @@ def fit_scaler(X_train: Any, scaler: Optional[str] = "zscore",
         raise ValueError(f"scaler must be 'zscore', 'minmax' or None, got {scaler!r}.")
     X_train = np.asarray(X_train)
     cols = np.arange(X_train.shape[1]) if scale_columns is None else np.arange(X_train.shape[1])[scale_columns]
-    part = X_train[:, cols].astype(np.float64)
-    if scaler == "zscore":
-        offset, scale = part.mean(0), part.std(0)
+    part = X_train[:, cols]
+    if scaler == "zscore":  # the one standardisation of dagmm (float64, constant columns get scale 1)
+        offset, scale = fit_scaling(part, columns=[str(c) for c in cols])
     elif scaler == "minmax":
+        part = part.astype(np.float64)
         offset, scale = part.min(0), part.max(0) - part.min(0)
+        scale[scale == 0] = 1.0
     else:
         offset, scale = np.zeros(len(cols)), np.ones(len(cols))
-    scale[scale == 0] = 1.0
 
     def transform(X: np.ndarray) -> np.ndarray:
-        out = np.array(X, dtype=np.float64)
-        out[:, cols] = (out[:, cols] - offset) / scale
-        return np.ascontiguousarray(out, dtype=np.float32)
+        X = np.asarray(X)
+        if len(cols) == X.shape[1]:
+            return apply_scaling(X, offset, scale)
+        out = np.array(X, dtype=np.float32, order="C")  # a copy; the columns left alone are only cast
+        out[:, cols] = apply_scaling(X[:, cols], offset, scale)
+        return out
 
     return transform

@@ -52,7 +52,8 @@ class _scaled_staticmethod:
 
     ``OutlierAE.feature_score(a, b)`` is the plain squared error;
     ``od.feature_score(a, b)`` divides by ``od.scaler_scale_`` first when the
-    detector standardises, so it agrees with ``od.score``.
+    detector standardises (and the square by ``od.error_scale_`` when it has
+    one), so it agrees with ``od.score``.
     """
 
     def __init__(self, fn: Callable) -> None:
@@ -61,9 +62,10 @@ class _scaled_staticmethod:
 
     def __get__(self, obj: Any, objtype: Any = None) -> Callable:
         scale = None if obj is None else getattr(obj, "scaler_scale_", None)
-        if scale is None:
+        error_scale = None if obj is None else getattr(obj, "error_scale_", None)
+        if scale is None and error_scale is None:
             return self.fn
-        return lambda X_orig, X_recon: self.fn(X_orig, X_recon, scale)
+        return lambda X_orig, X_recon: self.fn(X_orig, X_recon, scale, error_scale)
 
 
 class OutlierAE(BaseDetector):
@@ -98,7 +100,10 @@ class OutlierAE(BaseDetector):
         the squared error divided by the squared training standard deviation
         of the feature, so features measured in different units are
         comparable and ``outlier_type='feature'`` thresholds mean the same for
-        every column.  :meth:`reconstruct` returns the reconstruction in the
+        every column.  The default tabular detector then divides each
+        feature's squared error by its mean on the training rows
+        (``error_scale_``), so a feature score of 1 is a typical error for
+        that column.  :meth:`reconstruct` returns the reconstruction in the
         original units, and ``od.feature_score(X, od.reconstruct(X))`` (on the
         fitted instance) applies the same scaling, so it equals ``od.score(X)[0]``.
 
@@ -106,8 +111,13 @@ class OutlierAE(BaseDetector):
     ----------
     auto_config_ : dict
         After ``fit``: the rules' results and the schedule actually used (JSON-able).
-    scaler_mean_, scaler_scale_ : float32 ndarray of shape ``X.shape[1:]`` or None
+    scaler_mean_, scaler_scale_ : float64 ndarray of shape ``X.shape[1:]`` or None
         The standardisation, or None when it is off.
+    error_scale_ : float32 ndarray of shape ``X.shape[1:]`` or None
+        Mean squared error of each feature on the training rows (in the
+        network's units, floored at 0.01 times its mean over the features);
+        feature scores are divided by it.  None with user nets and images
+        (and for detectors saved before it existed, which score as before).
     """
 
     def __init__(
@@ -204,7 +214,7 @@ class OutlierAE(BaseDetector):
         -------
         self
         """
-        X = check_array(X, "X", min_rows=2)
+        X = self._fit_input(X)
         if epochs is not None:
             epochs = check_positive_int(epochs, "epochs")
         if batch_size is not None:
@@ -237,8 +247,31 @@ class OutlierAE(BaseDetector):
             "lr": AUTO_LR if optimizer is None else None,
         }
         self.feature_shape_ = tuple(X.shape[1:])
+        self.error_scale_ = None
+        if (config or {}).get("error_scale") == "train":
+            self.error_scale_ = self._training_error_scale(X, config["error_floor"])
         self._fitted = True
         return self
+
+    def _training_error_scale(self, X: np.ndarray, floor: float, batch_size: int = DEFAULT_SCORE_BATCH) -> np.ndarray:
+        """Mean squared error of each feature on the training rows X (network units), float32, shape of a row.
+
+        Dividing by it expresses every feature's error in units of its typical
+        error: a column the auto-encoder reconstructs almost exactly counts as
+        much as one it barely models, instead of being drowned by it.  Values
+        are floored at ``floor`` times their mean (and at 1e-12) so that a
+        column reconstructed perfectly cannot dominate.
+        """
+        recon_into = self._reconstruct_into()
+        total = np.zeros(X.shape[1:], dtype=np.float64)
+        for start in range(0, len(X), batch_size):
+            xb = torch.from_numpy(X[start:start + batch_size]).to(self.device)
+            out = torch.empty_like(xb)
+            with torch.inference_mode():
+                recon_into(xb, out)
+                total += torch.sub(xb, out).square().double().sum(0).cpu().numpy()
+        mean = total / len(X)
+        return np.maximum(mean, max(floor * float(mean.mean()), 1e-12)).astype(np.float32)
 
     # --------------------------------------------------------------- scoring
     def reconstruct(self, X: Any, batch_size: int = DEFAULT_SCORE_BATCH) -> np.ndarray:
@@ -267,12 +300,15 @@ class OutlierAE(BaseDetector):
         return recon_into
 
     @_scaled_staticmethod
-    def feature_score(X_orig: Any, X_recon: Any, scale: Optional[np.ndarray] = None) -> np.ndarray:
+    def feature_score(X_orig: Any, X_recon: Any, scale: Optional[np.ndarray] = None,
+                      error_scale: Optional[np.ndarray] = None) -> np.ndarray:
         """Squared reconstruction error per feature, float32, shape of ``X_orig``.
 
         Called on the class, ``(X_orig - X_recon) ** 2``.  Called on a fitted
         detector that standardises, ``((X_orig - X_recon) / scaler_scale_) ** 2``
-        (standardised units, as in :meth:`score`).
+        (standardised units, as in :meth:`score`), divided by ``error_scale_``
+        (each feature's mean squared error on the training rows) when the
+        detector has one.
         """
         X_orig = check_array(X_orig, "X_orig")
         X_recon = check_array(X_recon, "X_recon")
@@ -281,8 +317,9 @@ class OutlierAE(BaseDetector):
                              "they must match.")
         diff = X_orig - X_recon
         if scale is not None:
-            diff = diff / scale
-        return np.square(diff)
+            diff = (diff / scale).astype(np.float32)  # float64 statistics; the result stays float32
+        sq = np.square(diff)
+        return sq if error_scale is None else (sq / error_scale).astype(np.float32)
 
     @staticmethod
     def instance_score(fscore: Any, outlier_perc: float = 100.0) -> np.ndarray:
@@ -325,10 +362,14 @@ class OutlierAE(BaseDetector):
         outlier_perc = _check_outlier_perc(outlier_perc)
         X = self._checked(X)
         recon_into = self._reconstruct_into()
+        error_scale = getattr(self, "error_scale_", None)  # None for detectors saved before it existed
+        err_t = None if error_scale is None else torch.from_numpy(error_scale).to(self.device)
 
         def sq_err(xb: torch.Tensor, out: torch.Tensor) -> None:
             recon_into(xb, out)
             torch.sub(xb, out, out=out).square_()  # no temporaries
+            if err_t is not None:
+                out.div_(err_t)
 
         # as large as X, so it is gathered on the host batch by batch
         fscore = self._batched_into(sq_err, X, batch_size, X.shape[1:], torch.float32, on_device=False)

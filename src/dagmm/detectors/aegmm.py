@@ -23,6 +23,7 @@ from ..models.gmm import (
     precision_cholesky,
     sample_energy,
 )
+from ..models.mixture import select_mixture
 from ..training.auto import AUTO_LR, aegmm_config, check_standardize, resolve_schedule
 from ..models.losses import loss_aegmm
 from ..models.nets import AEGMMNet, build_aegmm_nets, paper_kddcup_nets
@@ -51,8 +52,13 @@ class OutlierAEGMM(BaseDetector):
     reconstruction features (relative Euclidean distance and cosine similarity
     by default) feed an estimation network whose softmax output gives soft
     memberships in ``n_gmm`` Gaussian components.  The outlier score is the
-    sample energy ``-log sum_k phi_k N(z; mu_k, Sigma_k)`` under the mixture
-    estimated on the whole training set.
+    sample energy ``-log sum_k phi_k N(z; mu_k, Sigma_k)`` under a mixture
+    estimated on the whole training set: for ``architecture='auto'`` a
+    maximum-likelihood mixture of the training codes fitted by EM after
+    training, with 1 to 16 components chosen by BIC
+    (:func:`dagmm.models.mixture.select_mixture`; ``auto_config_['mixture_fit']``
+    records the choice); with user nets and ``architecture='paper'`` the
+    estimation network's memberships, as in the paper.
 
     Parameters
     ----------
@@ -105,7 +111,7 @@ class OutlierAEGMM(BaseDetector):
     auto_config_ : dict
         After ``fit``: the rules' results and the schedule actually used
         (JSON-able), including early stopping's ``best_step``.
-    scaler_mean_, scaler_scale_ : float32 ndarray of shape ``X.shape[1:]`` or None
+    scaler_mean_, scaler_scale_ : float64 ndarray of shape ``X.shape[1:]`` or None
         The standardisation, or None when it is off.
     """
 
@@ -297,7 +303,7 @@ class OutlierAEGMM(BaseDetector):
         -------
         self
         """
-        X = check_array(X, "X", min_rows=2)
+        X = self._fit_input(X)
         if epochs is not None:
             epochs = check_positive_int(epochs, "epochs")
         if batch_size is not None:
@@ -307,7 +313,9 @@ class OutlierAEGMM(BaseDetector):
         auto = self._auto()
         config = aegmm_config(len(X), X.shape[1:]) if auto else None
         if config is not None and self.n_gmm is not None:
+            # components given: the estimation network and the scoring mixture both have exactly that many
             config["n_gmm"] = self.n_gmm
+            config["mixture_components"] = [self.n_gmm]
         plan = resolve_schedule(config, len(X), epochs, batch_size)
         w_energy = (config["w_energy"] if auto else PAPER_W_ENERGY) if w_energy is None else float(w_energy)
         w_cov_diag = (config["w_cov_diag"] if auto else PAPER_W_COV_DIAG) if w_cov_diag is None else float(w_cov_diag)
@@ -342,9 +350,29 @@ class OutlierAEGMM(BaseDetector):
             "lr": lr if optimizer is None else None, "recon_features": getattr(self._recon_fn(), "__name__", None),
         }
         self.feature_shape_ = tuple(X.shape[1:])
-        self._fit_mixture(X)
+        if (config or {}).get("mixture") == "em":
+            self.auto_config_["mixture_fit"] = self._fit_mixture_em(X, config["mixture_components"],
+                                                                    config["em_reg"], seed)
+        else:
+            self._fit_mixture(X)
         self._fitted = True
         return self
+
+    def _fit_mixture_em(self, X: np.ndarray, candidates: list, reg: float, seed: Optional[int],
+                        batch_size: int = DEFAULT_SCORE_BATCH) -> dict:
+        """Scoring mixture of the training codes by EM, components chosen by BIC.
+
+        The estimation network's memberships give the paper's mixture, fitted
+        jointly with the auto-encoder on mini-batches; a maximum-likelihood
+        mixture of the codes it actually scores, with as many components as
+        the codes support (:func:`dagmm.models.mixture.select_mixture`),
+        models their density more closely.  Returns the choice (JSON-able).
+        """
+        self.aegmm.eval()
+        z = torch.cat([z.double() for z in self._batched(lambda xb: self.aegmm(xb)[1], X, batch_size)])  # (N, D)
+        params, info = select_mixture(z, candidates, reg=reg, seed=seed)
+        self.set_mixture(params)
+        return info
 
     def _fit_mixture(self, X: np.ndarray, batch_size: int = DEFAULT_SCORE_BATCH) -> None:
         """Exact mixture parameters over all of X, batch by batch, dropout off."""

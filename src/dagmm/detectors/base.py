@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from ..accel import for_each_batch, workers_for
-from .._validation import check_array, check_positive_int
-from ..training.auto import apply_standardize, standardize_stats
+from .._validation import align_columns, check_array, check_positive_int, column_names
+from ..training.scaling import apply_scaling, fit_scaling
 from .._version import __version__
 
 __all__ = ["BaseDetector", "NotFittedError", "resolve_device", "seeded"]
@@ -55,6 +55,22 @@ def seeded(seed: Optional[int], device: torch.device) -> Iterator[Optional[torch
         yield gen
 
 
+def _check_threshold_value(value: Any) -> Optional[float]:
+    """A finite number as float, or None."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"threshold must be a number or None, got {type(value).__name__} {value!r:.40}.")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"threshold must be a finite number, got {value}.")
+    return value
+
+
 class BaseDetector:
     """Threshold, metadata, device handling and batched inference.
 
@@ -63,14 +79,15 @@ class BaseDetector:
 
     def __init__(self, threshold: Optional[float] = None, data_type: Optional[str] = None,
                  device: Union[None, str, torch.device] = None) -> None:
-        if threshold is not None:
-            if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
-                raise TypeError(f"threshold must be a number or None, got {type(threshold).__name__}.")
-            threshold = float(threshold)
         self.threshold = threshold
         self.data_type = data_type
         self.device = resolve_device(device)
         self._fitted = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "threshold":  # checked on every assignment, not only in __init__: od.threshold = "abc"
+            value = _check_threshold_value(value)
+        super().__setattr__(name, value)
 
     @property
     def meta(self) -> dict:
@@ -148,22 +165,39 @@ class BaseDetector:
         return float(np.percentile(scores, threshold_perc))
 
     def _checked(self, X: Any, name: str = "X") -> np.ndarray:
-        """Validated float32 X, in the standardised units the network saw in ``fit`` (if any)."""
-        X = check_array(X, name, feature_shape=getattr(self, "feature_shape_", None))
-        return apply_standardize(X, getattr(self, "scaler_mean_", None), getattr(self, "scaler_scale_", None))
+        """Validated float32 X, in the standardised units the network saw in ``fit`` (if any).
+
+        A DataFrame's columns are put in the fitted order by name
+        (``feature_names_in_``); the scaling runs in float64 before the cast.
+        """
+        X = align_columns(X, getattr(self, "feature_names_in_", None), name)
+        mean = getattr(self, "scaler_mean_", None)
+        X = check_array(X, name, feature_shape=getattr(self, "feature_shape_", None), precise=mean is not None)
+        return apply_scaling(X, mean, getattr(self, "scaler_scale_", None), name)
+
+    def _fit_input(self, X: Any) -> np.ndarray:
+        """Validate the training data and remember its column names (``feature_names_in_``, like scikit-learn).
+
+        float64 data stays float64 here, for :meth:`_fit_standardization`.
+        """
+        names = column_names(X)
+        X = check_array(X, "X", min_rows=2, precise=True)
+        self.feature_names_in_ = names
+        return X
 
     def _fit_standardization(self, X: np.ndarray, auto: bool) -> tuple[np.ndarray, bool]:
         """Fit the input scaling that ``self.standardize`` asks for (``'auto'``: on when ``auto``).
 
-        Sets ``scaler_mean_`` and ``scaler_scale_`` (``None`` when off) and
-        returns ``(X in the network's units, whether scaling is on)``.
+        Sets ``scaler_mean_`` and ``scaler_scale_`` (float64, ``None`` when
+        off; :mod:`dagmm.training.scaling`) and returns ``(X in the network's
+        units as float32, whether scaling is on)``.
         """
         on = auto if self.standardize == "auto" else bool(self.standardize)
         if on:
-            self.scaler_mean_, self.scaler_scale_ = standardize_stats(X)
-        else:
-            self.scaler_mean_ = self.scaler_scale_ = None
-        return apply_standardize(X, self.scaler_mean_, self.scaler_scale_), on
+            self.scaler_mean_, self.scaler_scale_ = fit_scaling(X)
+            return apply_scaling(X, self.scaler_mean_, self.scaler_scale_), on
+        self.scaler_mean_ = self.scaler_scale_ = None
+        return check_array(X, "X"), on  # float32, values too large for it refused
 
     def __repr__(self) -> str:
         state = "fitted" if self._fitted else "not fitted"

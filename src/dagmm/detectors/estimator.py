@@ -17,11 +17,12 @@ import torch
 from sklearn.base import BaseEstimator
 from torch import nn
 
-from .._validation import check_array, check_positive_int
+from .._validation import align_columns, check_array, check_positive_int, column_names
 from .aegmm import OutlierAEGMM
 from .base import NotFittedError, seeded
 from ..models.nets import mlp
 from ..training.loop import default_adam
+from ..training.scaling import apply_scaling, fit_scaling
 
 __all__ = ["ACTIVATIONS", "DAGMM", "activation_name", "build_dagmm_nets"]
 
@@ -146,7 +147,8 @@ class DAGMM(BaseEstimator):
         noting that 0.005 made the covariances too large on normalised data.
     normalize : bool, default True
         Standardise the columns with the training mean and standard deviation
-        (stored as ``x_mean_`` and ``x_std_``; a constant column gets std 1).
+        (stored as ``x_mean_`` and ``x_std_``, float64; a constant column gets std 1), computed
+        and applied in float64 by :mod:`dagmm.training.scaling`.
     random_seed : int or None, default 123
         Seeds the initialisation (``torch.manual_seed(random_seed)`` right
         before the nets are built), shuffling and dropout.
@@ -155,8 +157,12 @@ class DAGMM(BaseEstimator):
     ----------
     detector_ : dagmm.OutlierAEGMM
         The fitted detector doing the work.
-    x_mean_, x_std_ : float32 ndarray of shape (F,), or None when ``normalize=False``
+    x_mean_, x_std_ : float64 ndarray of shape (F,), or None when ``normalize=False``
+        (float32 in files saved by dagmm 0.1; they load and apply the same way).
     n_features_in_ : int
+    feature_names_in_ : list of str or None
+        The DataFrame column names seen in ``fit``; ``predict`` looks a
+        DataFrame's columns up by these names.
 
     Notes
     -----
@@ -239,22 +245,18 @@ class DAGMM(BaseEstimator):
             raise NotFittedError(f"This DAGMM is not fitted yet: call fit(x) before {action}.")
 
     def _normalized(self, x: np.ndarray) -> np.ndarray:
-        if self.x_mean_ is None:
-            return x
-        return ((x - self.x_mean_) / self.x_std_).astype(np.float32)
+        return apply_scaling(x, self.x_mean_, self.x_std_, "x")
 
     # --------------------------------------------------------------- api
     def fit(self, x: Any) -> "DAGMM":
         """Train on ``x`` (N, F), mostly normal rows; returns self."""
         p = self._check_params()
-        x = check_array(x, "x", min_rows=2)
+        names = column_names(x)
+        x = check_array(x, "x", min_rows=2, precise=bool(self.normalize))
         if x.ndim != 2:
             raise ValueError(f"x must be 2-D (n_samples, n_features), got shape {x.shape}.")
         if self.normalize:
-            mean = x.mean(0, dtype=np.float64)
-            std = x.std(0, dtype=np.float64)
-            std[std == 0] = 1.0  # a constant column maps to 0 instead of NaN
-            self.x_mean_, self.x_std_ = mean.astype(np.float32), std.astype(np.float32)
+            self.x_mean_, self.x_std_ = fit_scaling(x)
         else:
             self.x_mean_ = self.x_std_ = None
         xn = self._normalized(x)
@@ -271,6 +273,7 @@ class DAGMM(BaseEstimator):
                      epochs=p["epochs"], batch_size=min(p["batch"], len(xn)), verbose=False, seed=seed)
         self.detector_ = detector
         self.n_features_in_ = int(x.shape[1])
+        self.feature_names_in_ = names
         return self
 
     def predict(self, x: Any) -> np.ndarray:
@@ -279,7 +282,8 @@ class DAGMM(BaseEstimator):
         Not scikit-learn's +1/-1 labels: see the class notes.
         """
         self._check_is_fitted("predict")
-        x = check_array(x, "x")
+        x = align_columns(x, getattr(self, "feature_names_in_", None), "x")
+        x = check_array(x, "x", precise=self.x_mean_ is not None)
         if x.ndim != 2 or x.shape[1] != self.n_features_in_:
             raise ValueError(f"x has shape {x.shape}, but this DAGMM was fitted on {self.n_features_in_} features.")
         return self.detector_.score(self._normalized(x))
@@ -298,7 +302,7 @@ class DAGMM(BaseEstimator):
         if not isinstance(loaded, DAGMM):
             raise TypeError(f"{fdir} holds a {type(loaded).__name__}, not a DAGMM.")
         self.set_params(**loaded.get_params())
-        for key in ("detector_", "x_mean_", "x_std_", "n_features_in_"):
+        for key in ("detector_", "x_mean_", "x_std_", "n_features_in_", "feature_names_in_"):
             if hasattr(loaded, key):
                 setattr(self, key, getattr(loaded, key))
             elif hasattr(self, key):  # restoring an unfitted estimator unfits this one

@@ -88,13 +88,17 @@ class _EnergyGraph(nn.Module):
 class _ReconGraph(nn.Module):
     """Instance score (mean of the ``k`` largest feature scores, float64) and feature scores (float32)."""
 
-    def __init__(self, ae: nn.Module, scaling: _Scaling, k: int, n_features: int) -> None:
+    def __init__(self, ae: nn.Module, scaling: _Scaling, k: int, n_features: int,
+                 error_scale: Optional[np.ndarray] = None) -> None:
         super().__init__()
         self.ae, self.scaling, self.k, self.n_features = ae, scaling, k, n_features
+        self.error_scale = None if error_scale is None else torch.from_numpy(np.asarray(error_scale, np.float32))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.scaling(x)
         fscore = (x - self.ae(x)).square()  # the shape of x
+        if self.error_scale is not None:  # the detector's per-feature training error (OutlierAE.error_scale_)
+            fscore = fscore / self.error_scale
         flat = fscore.reshape(-1, self.n_features).double()  # (N, F)
         if self.k < self.n_features:
             flat = torch.topk(flat, self.k, dim=1).values  # (N, k)
@@ -129,7 +133,8 @@ def _graph(detector: Any, outlier_perc: float) -> tuple[nn.Module, tuple, list[s
         return graph, example, ["instance_score"], meta
     n_features = math.prod(row_shape)
     k = n_top_features(outlier_perc, n_features)
-    graph = _ReconGraph(copy.deepcopy(detector.ae).cpu().eval(), scaling, k, n_features)
+    graph = _ReconGraph(copy.deepcopy(detector.ae).cpu().eval(), scaling, k, n_features,
+                        getattr(detector, "error_scale_", None))
     return graph, example, ["instance_score", "feature_score"], {**meta, "outlier_perc": outlier_perc}
 
 

@@ -314,3 +314,4 @@ def sample_energy(
 def cov_diag_penalty(cov: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """The paper's singularity penalty ``sum_k sum_j 1 / cov_k[j, j]``."""
     return (1.0 / (torch.diagonal(cov, dim1=-2, dim2=-1) + eps)).sum()
+

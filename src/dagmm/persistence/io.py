@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ._fs import CONFIG, WEIGHTS, fsync_path, staged_dir
+from ._fs import CONFIG, WEIGHTS, fsync_path, recover, staged_dir
 from .architecture import build_callable, build_module, describe_module, function_entry
 from .values import UnsavableValue, decode, encode
 
@@ -169,7 +169,7 @@ def save_detector(detector: Any, filepath: Union[str, os.PathLike]) -> None:
 # --------------------------------------------------------------------------- load
 def read_config(filepath: Union[str, os.PathLike]) -> dict:
     """Parse and check ``config.json`` of a saved detector (no weights are read)."""
-    path = Path(filepath)
+    path = _recovered(filepath)
     if not path.exists():
         raise FileNotFoundError(f"No saved detector at {filepath}: the directory does not exist.")
     if not path.is_dir():
@@ -196,6 +196,15 @@ def read_config(filepath: Union[str, os.PathLike]) -> dict:
     if version < 1:
         raise ValueError(f"{path / CONFIG} has an invalid format_version {version}.")
     return config
+
+
+def _recovered(filepath: Union[str, os.PathLike]) -> Path:
+    """``filepath``, put back first if a save killed between two renames left it missing."""
+    path = Path(filepath)
+    if os.path.lexists(path):
+        return path
+    found = recover(path)
+    return path if os.path.lexists(path) or found == Path(os.path.abspath(path)) else found
 
 
 def _read_weights(path: Path, config: dict) -> dict:
@@ -264,7 +273,36 @@ def _load_module(name: str, entry: Mapping, tensors: dict, used: set, supplied: 
     return module.to(device).train(bool(entry.get("training", False)))
 
 
+_SECTIONS = ("constructor", "attributes", "modules", "fitted")
+
+
+def _check_sections(config: Any) -> None:
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{CONFIG} describes a detector as {type(config).__name__}, not a JSON object; "
+                         "the file was not written by dagmm.")
+    for section in _SECTIONS:
+        value = config.get(section)
+        if value is not None and not isinstance(value, Mapping):
+            raise ValueError(f"{CONFIG}: '{section}' must be a JSON object (name -> value), got "
+                             f"{type(value).__name__}; the file was not written by dagmm.")
+    for name, entry in (config.get("modules") or {}).items():
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{CONFIG}: module {name!r} must be a JSON object, got {type(entry).__name__}.")
+
+
+def _check_attribute_name(cls: type, name: Any, section: str) -> None:
+    if not (isinstance(name, str) and name.isidentifier() and not name.startswith("__")):
+        raise ValueError(f"{CONFIG} names attribute {name!r} in '{section}', which is not a plain "
+                         "attribute name; the file was not written by dagmm.")
+    member = inspect.getattr_static(cls, name, None)
+    if member is not None and (callable(member) or isinstance(member, (property, staticmethod, classmethod))
+                               or hasattr(member, "__get__")):
+        raise ValueError(f"{CONFIG} sets {name!r} in '{section}', which is a method or property of "
+                         f"{cls.__name__}, not data; the file was not written by dagmm.")
+
+
 def _build(config: Mapping, tensors: dict, used: set, supplied: _Supplied, override: Any) -> Any:
+    _check_sections(config)
     cls = _detector_class(config.get("class"))
     device = _resolve_device(config.get("device"), override)
     modules = {name: _load_module(name, entry, tensors, used, supplied, device)
@@ -293,11 +331,13 @@ def _build(config: Mapping, tensors: dict, used: set, supplied: _Supplied, overr
         raise ValueError(f"{cls.__name__} rejected the arguments saved in {CONFIG}: {err}") from None
     for section in ("attributes", "fitted"):
         for name, value in (config.get(section) or {}).items():
-            if not (isinstance(name, str) and name.isidentifier() and not name.startswith("__")):
-                raise ValueError(f"{CONFIG} names attribute {name!r} in '{section}', which is not a plain "
-                                 "attribute name; the file was not written by dagmm.")
-            setattr(det, name, dec(value, name))
+            _check_attribute_name(cls, name, section)
+            try:
+                setattr(det, name, dec(value, name))
+            except TypeError as err:  # e.g. a threshold that is not a number
+                raise ValueError(f"{CONFIG}: attribute {name!r} in '{section}' is invalid: {err}") from None
     for name, module in modules.items():
+        _check_attribute_name(cls, name, "modules")
         setattr(det, name, module)
     return det
 
@@ -331,7 +371,7 @@ def load_detector(filepath: Union[str, os.PathLike], device: Union[None, str, to
         Invalid JSON, a newer format version, an unknown class or layer,
         truncated or corrupted weights, or tensors that do not fit the architecture.
     """
-    path = Path(filepath)
+    path = _recovered(filepath)
     config = read_config(path)
     tensors = _read_weights(path, config)
     used: set[str] = set()

@@ -10,6 +10,15 @@ A registry is any HTTP(S) or ``file://`` folder holding
 :func:`fetch_detector` checks size and SHA-256 before extracting, extracts only plain files
 and folders inside the target, and installs the detector atomically with a marker holding the
 archive's SHA-256: only a complete copy with a matching marker counts as cached.
+
+Index paths are percent-decoded and normalised *before* they are checked, and
+the resolved URL must lie under the registry folder (``%2e%2e/x`` is ``../x``).
+Extraction is capped at :data:`MAX_EXTRACT_BYTES` bytes in all, at
+:data:`MAX_RATIO` times the archive's own size (plus 1 MiB; weights barely
+compress, a bomb compresses a thousandfold) and at :data:`MAX_MEMBERS`
+archive members (``fetch_detector(max_extract_bytes=..., max_members=...)``
+change the first and the last): a small archive that expands to gigabytes is
+refused before it fills the disk.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import http.client
 import io
 import json
 import os
+import posixpath
 import re
 import shutil
 import tarfile
@@ -30,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Optional, Union
 
 from .._version import __version__
-from ._fs import CONFIG, WEIGHTS, check_replaceable, fsync_path, staged_dir
+from ._fs import CONFIG, WEIGHTS, check_replaceable, fsync_path, recover, staged_dir
 from .io import load_detector, read_config
 
 __all__ = ["DEFAULT_REGISTRY_URL", "REGISTRY_ENV", "fetch_detector", "package_detector", "add_to_index"]
@@ -41,6 +51,12 @@ DEFAULT_REGISTRY_URL = "https://huggingface.co/dagmm/detectors/resolve/main/"
 REGISTRY_ENV = "DAGMM_REGISTRY_URL"
 #: File in a fetched detector directory holding the SHA-256 of the archive it came from.
 MARKER = ".dagmm-artifact-sha256"
+#: Most bytes a fetched archive may expand to (all members together); a saved detector is config + weights.
+MAX_EXTRACT_BYTES = 1 << 30
+#: Most bytes extracted per byte of archive (beyond the first MiB): float32 weights compress ~1.1x.
+MAX_RATIO = 50
+#: Most members (files and folders) a fetched archive may hold.
+MAX_MEMBERS = 64
 _CHUNK = 1 << 20
 
 
@@ -90,9 +106,13 @@ def _index_entry(base: str, detector_type: str, dataset: str, detector_name: str
 
 def _check_entry(entry: dict, url: str) -> None:
     path = entry.get("path")
-    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or ":" in path \
-            or ".." in PurePosixPath(path).parts:
-        raise ValueError(f"{url} lists artifact path {path!r}; paths must be relative, without '..'.")
+    decoded = urllib.parse.unquote(path) if isinstance(path, str) else None
+    # checked after percent-decoding (the form the server resolves) and on both spellings
+    if not isinstance(path, str) or not path or any(
+            p.startswith("/") or "\\" in p or ":" in p or ".." in PurePosixPath(p).parts or "\x00" in p
+            for p in (path, decoded)):
+        raise ValueError(f"{url} lists artifact path {path!r}; paths must be relative, without '..' "
+                         "(also percent-encoded, as %2e%2e), '\\' or ':'.")
     if not (isinstance(entry.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])):
         raise ValueError(f"{url} lists artifact {path} without a valid lowercase hex sha256.")
     size = entry.get("size")
@@ -130,10 +150,40 @@ def _download(url: str, part: Path, size: int, sha256: str, timeout: float) -> N
                          f"{sha256}; it was deleted and nothing was cached.")
 
 
-def _safe_extract(archive: Path, dest: Path, url: str) -> None:
-    """Extract plain files and folders into ``dest``; refuse anything that could land elsewhere."""
+def _inside(base: str, url: str) -> bool:
+    """Whether ``url`` lies under the registry folder ``base`` once both are decoded and normalised."""
+    b, u = urllib.parse.urlsplit(base), urllib.parse.urlsplit(url)
+    if (b.scheme, b.netloc) != (u.scheme, u.netloc):
+        return False
+    bp = posixpath.normpath(urllib.parse.unquote(b.path)).rstrip("/") + "/"
+    up = posixpath.normpath(urllib.parse.unquote(u.path))
+    return up.startswith(bp)
+
+
+def _artifact_url(base: str, entry: dict, index_url: str) -> str:
+    url = urllib.parse.urljoin(base, entry["path"])
+    if not _inside(base, url):
+        raise ValueError(f"{index_url} lists artifact path {entry['path']!r}, which resolves to {url}, outside "
+                         f"the registry folder {base}; refusing to fetch it.")
+    return url
+
+
+def _safe_extract(archive: Path, dest: Path, url: str, max_bytes: int = MAX_EXTRACT_BYTES,
+                  max_members: int = MAX_MEMBERS) -> None:
+    """Extract plain files and folders into ``dest``; refuse anything that could land elsewhere.
+
+    At most ``max_members`` members and ``max_bytes`` bytes in all (and
+    :data:`MAX_RATIO` times the archive size plus 1 MiB), checked on the declared
+    sizes before a member is written and on the bytes actually written.
+    """
+    total, count = 0, 0
+    max_bytes = min(max_bytes, MAX_RATIO * archive.stat().st_size + (1 << 20))
     with tarfile.open(archive, "r:gz") as tar:
         for m in tar:
+            count += 1
+            if count > max_members:
+                raise ValueError(f"The archive from {url} holds more than {max_members} members; a saved detector "
+                                 "has two files. Refusing to extract it (max_members= raises the limit).")
             p = PurePosixPath(m.name)
             if p.is_absolute() or ".." in p.parts or "\\" in m.name or re.match(r"^[A-Za-z]:", m.name):
                 raise ValueError(f"The archive from {url} holds {m.name!r}, a path outside its folder; "
@@ -148,9 +198,29 @@ def _safe_extract(archive: Path, dest: Path, url: str) -> None:
             if m.isdir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
+            if total + m.size > max_bytes:
+                raise ValueError(f"The archive from {url} expands to more than {max_bytes} bytes (member "
+                                 f"{m.name!r}: {m.size} bytes); refusing to extract it "
+                                 "(max_extract_bytes= raises the limit).")
             target.parent.mkdir(parents=True, exist_ok=True)
-            with tar.extractfile(m) as src, open(target, "xb") as out:
-                shutil.copyfileobj(src, out, _CHUNK)
+            try:
+                out = open(target, "xb")
+            except FileExistsError:
+                raise ValueError(f"The archive from {url} holds {m.name!r} twice (or a file where a folder is); "
+                                 "refusing to extract an ambiguous archive.") from None
+            except (IsADirectoryError, NotADirectoryError):
+                raise ValueError(f"The archive from {url} holds {m.name!r} both as a file and as a folder; "
+                                 "refusing to extract an ambiguous archive.") from None
+            with tar.extractfile(m) as src, out:
+                while True:
+                    chunk = src.read(_CHUNK)
+                    if not chunk:
+                        break
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise ValueError(f"The archive from {url} expands to more than {max_bytes} bytes; "
+                                         "refusing to extract it (max_extract_bytes= raises the limit).")
+                    out.write(chunk)
     if not (dest / CONFIG).is_file():
         entries = list(dest.iterdir())
         if len(entries) == 1 and (entries[0] / CONFIG).is_file():  # archived with a top folder
@@ -171,7 +241,8 @@ def _cached(target: Path, sha256: str) -> bool:
 
 def fetch_detector(filepath: Union[str, os.PathLike], detector_type: str = "outlier", dataset: str = "kddcup",
                    detector_name: str = "OutlierAEGMM", base_url: Optional[str] = None,
-                   device: Any = None, timeout: float = 60.0, **modules: Any) -> Any:
+                   device: Any = None, timeout: float = 60.0, max_extract_bytes: int = MAX_EXTRACT_BYTES,
+                   max_members: int = MAX_MEMBERS, **modules: Any) -> Any:
     """Download a pretrained detector into the directory ``filepath`` (once) and load it.
 
     Parameters
@@ -188,6 +259,10 @@ def fetch_detector(filepath: Union[str, os.PathLike], detector_type: str = "outl
         Passed to :func:`dagmm.load_detector`.
     timeout : float, default 60
         Seconds to wait for the server on each request.
+    max_extract_bytes, max_members : int
+        Limits on what the archive may expand to (default
+        :data:`MAX_EXTRACT_BYTES`, 1 GiB, and :data:`MAX_MEMBERS`, 64); the
+        expansion is also capped at :data:`MAX_RATIO` (50) times the archive size plus 1 MiB.
 
     Raises
     ------
@@ -199,19 +274,24 @@ def fetch_detector(filepath: Union[str, os.PathLike], detector_type: str = "outl
     ConnectionError
         An unreachable server or an interrupted download; nothing is cached.
     """
+    for value, name in ((max_extract_bytes, "max_extract_bytes"), (max_members, "max_members")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     base = _base_url(base_url)
     entry = _index_entry(base, detector_type, dataset, detector_name, timeout)
+    url = _artifact_url(base, entry, urllib.parse.urljoin(base, "index.json"))
     target = Path(os.path.abspath(filepath))
+    if target.parent.is_dir():
+        recover(target)  # a fetch killed between two renames
     if _cached(target, entry["sha256"]):
         return load_detector(target, device=device, **modules)
     check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    url = urllib.parse.urljoin(base, entry["path"])
     part = target.parent / f".{target.name}.{entry['sha256'][:16]}.tar.gz.part"
     try:
         _download(url, part, entry["size"], entry["sha256"], timeout)
         with staged_dir(target) as tmp:
-            _safe_extract(part, tmp, url)
+            _safe_extract(part, tmp, url, max_extract_bytes, max_members)
             detector = load_detector(tmp, device=device, **modules)  # refuse a broken detector before install
             (tmp / MARKER).write_text(entry["sha256"] + "\n", encoding="ascii")
     finally:

@@ -2,12 +2,17 @@
 
 Scoring streams its input chunk by chunk so that memory does not grow with
 the file.  Parquet needs ``pyarrow``; all formats need ``pandas``.
+
+A CSV has no types: pandas guesses them from the values it sees, so the same
+column can come back as text in one chunk and as numbers in the next.
+``str_columns`` names the columns to read as text whatever they hold (the
+categorical columns of a fitted preprocessing), in every chunk.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -56,14 +61,18 @@ def _check_exists(path: str) -> None:
         raise FileNotFoundError(f"No such file: {path}")
 
 
-def read_table(path: str) -> Any:
-    """Read a whole file into a DataFrame."""
+def _csv_types(str_columns: Optional[Sequence[str]]) -> Optional[dict]:
+    return {c: str for c in str_columns} if str_columns else None
+
+
+def read_table(path: str, str_columns: Optional[Sequence[str]] = None) -> Any:
+    """Read a whole file into a DataFrame (``str_columns`` of a CSV as text)."""
     _check_exists(path)
     fmt = table_format(path)
     pd = _pandas()
     try:
-        if fmt == "csv":
-            return pd.read_csv(path)
+        if fmt == "csv":  # low_memory=False: one type per column for the whole file, not per internal block
+            return pd.read_csv(path, low_memory=False, dtype=_csv_types(str_columns))
         if fmt == "parquet":
             return pd.read_parquet(path)
         return _npy_frame(np.load(path, allow_pickle=False))
@@ -75,14 +84,14 @@ def read_table(path: str) -> Any:
         raise ValueError(f"Cannot read {path} as csv: {err}") from err
 
 
-def iter_table(path: str, chunk_rows: int = 100_000) -> Iterator[Any]:
-    """Yield DataFrames of at most ``chunk_rows`` rows with a running RangeIndex."""
+def iter_table(path: str, chunk_rows: int = 100_000, str_columns: Optional[Sequence[str]] = None) -> Iterator[Any]:
+    """Yield DataFrames of at most ``chunk_rows`` rows with a running RangeIndex (``str_columns`` as text)."""
     _check_exists(path)
     fmt = table_format(path)
     pd = _pandas()
     try:
         if fmt == "csv":
-            yield from pd.read_csv(path, chunksize=chunk_rows)
+            yield from pd.read_csv(path, chunksize=chunk_rows, dtype=_csv_types(str_columns))
         elif fmt == "parquet":
             pq = _pyarrow_parquet()
             start = 0
