@@ -10,8 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
-#: Optional packages a document's blocks import (its test skips without them).
-NEEDS = {"export.md": ("onnx", "onnxruntime")}
+#: Optional packages a document's blocks import (its test skips without them), and the extra holding them.
+NEEDS = {"export.md": ("onnx", "onnxruntime"), "distributed.md": ("dask", "distributed", "pyarrow")}
+EXTRA = {"export.md": "onnx", "distributed.md": "dask"}
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=[p.name for p in DOCS])
@@ -20,7 +21,7 @@ def test_code_blocks_run(doc, tmp_path, monkeypatch):
     if not blocks:
         pytest.skip(f"{doc.name} has no python blocks")
     for module in NEEDS.get(doc.name, ()):
-        pytest.importorskip(module, reason=f"{doc.name} needs {module} (pip install 'dagmm[onnx]')")
+        pytest.importorskip(module, reason=f"{doc.name} needs {module} (pip install 'dagmm[{EXTRA[doc.name]}]')")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     namespace: dict = {"__name__": "__docs__"}

@@ -18,11 +18,7 @@ import numpy as np
 
 from ..tables.model import DETECTOR, PREPROCESSING
 from ..tables.model import load_table_model as _load_model
-
-
-def _instance_scores(od: Any, X: np.ndarray) -> np.ndarray:
-    scores = od.score(X)
-    return scores[1] if isinstance(scores, tuple) else scores
+from ..tables.scoring import instance_scores as _instance_scores
 
 
 def _check_positive(value: int, flag: str) -> None:
@@ -105,9 +101,91 @@ def _schedule(od: Any) -> dict:
     return {k: cfg.get(k) for k in ("epochs", "epochs_run", "batch_size", "lr", "early_stopping")}
 
 
-def cmd_fit(args) -> int:
+def _save_model(od, pre, args, n_rows: int) -> None:
+    """Stage ``detector/`` and ``preprocessing.json`` beside ``--out``, then swap it in.
+
+    A kill at any instant leaves the old or the new model (``persistence.staged_directory``).
+    """
     import dagmm
     from ..persistence import staged_directory
+
+    ran = _schedule(od)
+    if args.lr is not None:
+        ran["lr"] = args.lr
+    settings = {"preprocessor": pre.to_dict(), "detector": args.detector, "threshold_perc": args.threshold_perc,
+                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                "schedule": ran, "trained_on": os.path.basename(str(args.data).rstrip("/")), "n_rows": int(n_rows)}
+    with staged_directory(args.out, marker=PREPROCESSING, what="a dagmm model directory") as tmp:
+        dagmm.save_detector(od, tmp / DETECTOR)
+        with open(tmp / PREPROCESSING, "w", encoding="utf-8") as fh:
+            json.dump(settings, fh, indent=2, allow_nan=False)
+
+
+def _fit_options(args) -> dict:
+    from ..training.loop import default_adam
+
+    for value, flag in ((args.epochs, "--epochs"), (args.batch_size, "--batch-size"), (args.n_gmm, "--n-gmm")):
+        if value is not None:
+            _check_positive(value, flag)
+    if args.lr is not None and not (args.lr > 0 and np.isfinite(args.lr)):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}.")
+    if not (0.0 <= args.threshold_perc <= 100.0):
+        raise ValueError(f"--threshold-perc must be a percentile in [0, 100], got {args.threshold_perc}.")
+    _check_out_dir(args.out)
+    lr = args.lr
+    return {"epochs": args.epochs, "batch_size": args.batch_size, "verbose": not args.quiet,
+            "optimizer": None if lr is None else (lambda p: default_adam(p, lr))}
+
+
+def _fit_dask(args) -> int:
+    from ..distributed.files import fit_files
+    from ..tables.preprocess import TabularPreprocessor
+
+    if args.threshold_data is not None:
+        raise ValueError("--threshold-data is not used with --engine dask: the threshold comes from all the rows.")
+    _check_positive(args.sample_rows, "--sample-rows")
+    pre = TabularPreprocessor(args.columns, args.exclude, args.label_column)
+    od = _new_detector(args.detector, args.n_gmm)
+    n, n_sample = fit_files(od, pre, args.data, sample_rows=args.sample_rows, seed=args.seed,
+                            threshold_perc=args.threshold_perc, fit_kwargs=_fit_options(args),
+                            scheduler=args.scheduler, workers=args.workers)
+    _save_model(od, pre, args, n)
+    what = "mixture and threshold" if args.detector == "aegmm" else "threshold"
+    print(f"Trained {type(od).__name__} on a sample of {n_sample} of {n} rows; {what} from all {n} rows on Dask "
+          f"(threshold {od.threshold:.6g}). Saved to {args.out}")
+    return 0
+
+
+def _fit_distributed(args) -> int:
+    from ..distributed.ddp import fit_table
+
+    if args.detector != "aegmm":
+        raise ValueError("--distributed trains OutlierAEGMM (--detector aegmm) only.")
+    if args.threshold_data is not None:
+        raise ValueError("--threshold-data is not used with --distributed: the threshold comes from all ranks' rows.")
+    opts = _fit_options(args)
+    od, pre, n, rank, world = fit_table(args.data, columns=args.columns, exclude=args.exclude,
+                                        label_column=args.label_column, n_gmm=args.n_gmm, epochs=opts["epochs"],
+                                        batch_size=opts["batch_size"], lr=args.lr, seed=args.seed,
+                                        global_mixture=args.global_mixture, threshold_perc=args.threshold_perc,
+                                        verbose=opts["verbose"])
+    if rank == 0:
+        _save_model(od, pre, args, n)
+        print(f"Trained {type(od).__name__} on {n} rows over {world} process(es) (DDP"
+              f"{', global batch mixture' if args.global_mixture else ''}); threshold {od.threshold:.6g}. "
+              f"Saved to {args.out}")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    if args.global_mixture and not args.distributed:
+        raise ValueError("--global-mixture applies to --distributed training only.")
+    if args.distributed and args.engine == "dask":
+        raise ValueError("--distributed (torchrun) and --engine dask are two different ways to scale; pick one.")
+    if args.engine == "dask":
+        return _fit_dask(args)
+    if args.distributed:
+        return _fit_distributed(args)
     from ..tables.preprocess import MAX_CATEGORIES, TabularPreprocessor
     from ..tables.tableio import read_table
     from ..training.loop import default_adam
@@ -126,17 +204,7 @@ def cmd_fit(args) -> int:
            optimizer=None if lr is None else (lambda p: default_adam(p, lr)))
     od.infer_threshold(X_thr, threshold_perc=args.threshold_perc)
 
-    ran = _schedule(od)
-    if lr is not None:
-        ran["lr"] = lr
-    settings = {"preprocessor": pre.to_dict(), "detector": args.detector, "threshold_perc": args.threshold_perc,
-                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                "schedule": ran, "trained_on": os.path.basename(args.data), "n_rows": int(len(X))}
-    # staged beside --out and swapped in: a kill at any instant leaves the old or the new model
-    with staged_directory(args.out, marker=PREPROCESSING, what="a dagmm model directory") as tmp:
-        dagmm.save_detector(od, tmp / DETECTOR)
-        with open(tmp / PREPROCESSING, "w", encoding="utf-8") as fh:
-            json.dump(settings, fh, indent=2, allow_nan=False)
+    _save_model(od, pre, args, len(X))
     flagged = float((_instance_scores(od, X) > od.threshold).mean() * 100)
     print(f"Trained {type(od).__name__} on {len(X)} rows x {X.shape[1]} features; threshold "
           f"{od.threshold:.6g} ({flagged:.1f}% of the training rows above it). Saved to {args.out}")
@@ -144,85 +212,27 @@ def cmd_fit(args) -> int:
 
 
 # --------------------------------------------------------------------- score
-def _total_rows(path: str) -> Any:
-    """Rows in a Parquet or .npy file (cheap, from metadata); None for CSV."""
-    from ..tables.tableio import table_format
-
-    fmt = table_format(path)
-    try:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            return pq.ParquetFile(path).metadata.num_rows
-        if fmt == "npy":
-            return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
-    except Exception:  # the reader reports a bad file properly
-        return None
-    return None
-
-
 def _progress(args) -> bool:
     """A progress bar on a terminal, unless --quiet; never in logs and pipes (errors stay one line)."""
     return not args.quiet and sys.stderr.isatty()
 
 
-def _score_chunks(od, pre, data: str, chunk_rows: int, extra_column=None, progress: bool = False):
-    from tqdm.auto import tqdm
-
-    from ..tables.tableio import iter_table
-
-    _check_positive(chunk_rows, "--chunk-rows")
-    seen = 0
-    bar = tqdm(total=_total_rows(data), desc="dagmm score", unit="row", disable=not progress, leave=False,
-               file=sys.stderr)
-    try:
-        for chunk in iter_table(data, chunk_rows, str_columns=pre.categorical_columns):
-            if len(chunk) == 0:  # a header-only CSV still yields one empty chunk
-                continue
-            extra = None
-            if extra_column is not None:
-                if extra_column not in chunk.columns:
-                    raise ValueError(f"Column {extra_column!r} not found in {data}.")
-                extra = chunk[extra_column].to_numpy()
-            X = pre.transform(chunk, row_offset=seen)
-            try:
-                scores = _instance_scores(od, X)
-            except ValueError as err:  # the detector counts rows within the chunk
-                if seen == 0:
-                    raise
-                raise ValueError(f"{err} (rows counted from row {seen}, the first of this chunk)") from None
-            yield chunk.index.to_numpy(), scores, extra
-            seen += len(chunk)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-
-
 def cmd_score(args) -> int:
-    import pandas as pd
+    if args.engine == "dask":
+        from ..distributed.files import score_files
 
+        _check_positive(args.chunk_rows, "--chunk-rows")
+        n, n_out, outs = score_files(args.model, args.data, args.out, id_column=args.id_column,
+                                     chunk_rows=args.chunk_rows, scheduler=args.scheduler, workers=args.workers)
+        print(f"Scored {n} rows in {len(outs)} partition(s) on Dask: {n_out} outliers "
+              f"({100.0 * n_out / max(n, 1):.2f}%). Wrote {args.out}")
+        return 0
     from ..tables.model import load_scoring_model
-    from ..tables.tableio import ChunkWriter
+    from ..tables.scoring import write_scores
 
     _check_positive(args.chunk_rows, "--chunk-rows")
     od, pre, _ = load_scoring_model(args.model, skip=[args.id_column] if args.id_column else [])
-    writer = ChunkWriter(args.out)
-    n = n_out = 0
-    try:
-        for rows, scores, ids in _score_chunks(od, pre, args.data, args.chunk_rows, args.id_column,
-                                               progress=_progress(args)):
-            flags = (scores > od.threshold).astype(np.int64)
-            first = (args.id_column, ids) if args.id_column else ("row", rows)
-            writer.write(pd.DataFrame({first[0]: first[1], "score": scores, "is_outlier": flags}))
-            n += len(scores)
-            n_out += int(flags.sum())
-        if n == 0:  # a file with a header and no rows: still a scores file, with its columns
-            writer.write(pd.DataFrame({args.id_column or "row": [], "score": np.empty(0),
-                                       "is_outlier": np.empty(0, dtype=np.int64)}))
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
+    n, n_out = write_scores(od, pre, args.data, args.out, args.id_column, args.chunk_rows, progress=_progress(args))
     print(f"Scored {n} rows: {n_out} outliers ({100.0 * n_out / max(n, 1):.2f}%). Wrote {args.out}")
     return 0
 
@@ -232,11 +242,12 @@ def cmd_evaluate(args) -> int:
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
     from ..tables.model import load_scoring_model
+    from ..tables.scoring import score_chunks
 
     _check_positive(args.chunk_rows, "--chunk-rows")
     od, pre, _ = load_scoring_model(args.model, skip=[args.label_column])
     scores, labels = [], []
-    for _, s, y in _score_chunks(od, pre, args.data, args.chunk_rows, args.label_column, progress=_progress(args)):
+    for _, s, y in score_chunks(od, pre, args.data, args.chunk_rows, args.label_column, progress=_progress(args)):
         scores.append(s)
         labels.append(y)
     scores = np.concatenate(scores)

@@ -24,6 +24,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
 
+def _add_engine(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--engine", choices=["local", "dask"], default="local",
+                   help=f"'local' (default): this process; 'dask': {what}")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="with --engine dask: address of a running Dask scheduler "
+                   "(default: a LocalCluster on 127.0.0.1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --engine dask and no --scheduler: LocalCluster worker processes (default: Dask's choice)")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .._version import __version__
 
@@ -60,16 +69,28 @@ def _parser() -> argparse.ArgumentParser:
                      help="most distinct values of a text column (default 256, and at most half the rows); "
                           "more is refused as an id column")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_engine(fit, "DATA is a Parquet directory or glob; train on a sample (--sample-rows), then fit the "
+                "mixture and the threshold over every row on Dask")
+    fit.add_argument("--sample-rows", type=int, default=200_000,
+                     help="with --engine dask: rows sampled for training (default 200000)")
+    fit.add_argument("--distributed", action="store_true",
+                     help="train with torch.distributed under torchrun (DDP; gloo on CPU, NCCL on GPU); each rank "
+                     "reads its shard of DATA, rank 0 saves")
+    fit.add_argument("--global-mixture", action="store_true",
+                     help="with --distributed: all-reduce the batch mixture statistics of the loss, so it is the "
+                     "loss of the global batch")
     _add_common(fit)
 
     score = sub.add_parser("score", help="score a file with a saved model, chunk by chunk")
     score.add_argument("model", help="model directory written by `dagmm fit`, or a detector saved with "
                        "dagmm.save_detector (numeric columns: by the names it was fitted on, else in file order)")
     score.add_argument("data", help="data to score: .csv, .csv.gz, .parquet or .npy")
-    score.add_argument("--out", required=True, help="scores file to write (.csv or .parquet)")
+    score.add_argument("--out", required=True, help="scores file to write (.csv or .parquet); with --engine dask, "
+                       "the directory to write one .parquet per input file to")
     score.add_argument("--id-column", help="column copied to the output as the row id (default: row number)")
     score.add_argument("--chunk-rows", type=int, default=100_000, help="rows read at a time (default 100000)")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_engine(score, "DATA is a Parquet directory or glob and --out a directory: one output file per input file")
     _add_common(score)
 
     ev = sub.add_parser("evaluate", help="precision/recall/F1/AUROC/AUPRC of a saved model on labelled data")

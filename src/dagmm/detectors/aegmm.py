@@ -15,6 +15,7 @@ from .base import DEFAULT_SCORE_BATCH, BaseDetector, seeded
 from ..models.features import default_recon_features, log_mse_cosine
 from ..models.gmm import (
     GMMParams,
+    GMMStats,
     add_stats,
     cholesky_with_jitter,
     gmm_params_from_stats,
@@ -375,15 +376,44 @@ class OutlierAEGMM(BaseDetector):
 
     def _fit_mixture(self, X: np.ndarray, batch_size: int = DEFAULT_SCORE_BATCH) -> None:
         """Exact mixture parameters over all of X, batch by batch, dropout off."""
+        self.set_mixture(gmm_params_from_stats(self._mixture_stats(X, None, batch_size)))
+
+    def mixture_stats(self, X: Any, shift: Optional[Any] = None,
+                      batch_size: int = DEFAULT_SCORE_BATCH) -> GMMStats:
+        """Additive mixture statistics of X under the trained networks (dropout off), float64.
+
+        Summed over the parts of a dataset (:func:`dagmm.models.gmm.add_stats`, all taken
+        about the same ``shift``), they give through :func:`dagmm.models.gmm.gmm_params_from_stats`
+        the mixture of the whole dataset, as ``fit`` estimates it; :func:`dagmm.distributed.fit_mixture`
+        sums them over Dask partitions and ``dagmm fit --distributed`` over ranks.
+
+        Parameters
+        ----------
+        X : array-like, shape (N, F)
+            Rows in the units of the training data (the detector's scaling is applied here).
+        shift : (D,) array-like, optional
+            Reference point of the moments (the latent size plus the reconstruction
+            features).  Default: the mean latent of the first batch.
+        batch_size : int
+            Rows per forward pass.
+        """
+        self._check_fitted("mixture_stats")
+        return self._mixture_stats(self._checked(X), shift, batch_size)
+
+    def _mixture_stats(self, X: np.ndarray, shift: Optional[Any], batch_size: int) -> GMMStats:
+        """:meth:`mixture_stats` of X already in the network's units."""
         self.aegmm.eval()
         stats = None
+        if shift is not None:
+            shift = torch.as_tensor(np.asarray(shift, dtype=np.float64), device=self.device)
         for z, gamma in self._batched(lambda xb: self.aegmm(xb)[1:], X, batch_size):
             if stats is None:
-                shift = z.double().mean(0)
-                stats = gmm_stats(z, gamma, shift)
+                stats = gmm_stats(z, gamma, z.double().mean(0) if shift is None else shift)
             else:
                 stats = add_stats(stats, gmm_stats(z, gamma, stats.shift))
-        self.set_mixture(gmm_params_from_stats(stats))
+        if stats is None:
+            raise ValueError("mixture_stats: X has no rows.")
+        return stats
 
     def set_mixture(self, params: GMMParams) -> None:
         """Install mixture parameters (float64) and factorise their covariances."""
