@@ -183,6 +183,14 @@ def _tracker(det, cfg: dict, X_train: np.ndarray, X_test: np.ndarray, track: tup
     return on_epoch_end
 
 
+def paper_dagmm(cfg: dict, n_features: int, seed: int):
+    """An unfitted OutlierAEGMM with the paper's networks for cfg (Dropout(0.5) in the estimation net)."""
+    from dagmm import OutlierAEGMM
+
+    enc, dec, dens = _nets(cfg, n_features, seed)
+    return OutlierAEGMM(encoder_net=enc, decoder_net=dec, gmm_density_net=dens)
+
+
 def run_method(method: str, cfg: dict, X_train: np.ndarray, X_test: np.ndarray, seed: int,
                track: Optional[tuple] = None) -> tuple[np.ndarray, dict]:
     """Anomaly scores of X_test (higher = more anomalous) and extra measurements.
@@ -190,7 +198,7 @@ def run_method(method: str, cfg: dict, X_train: np.ndarray, X_test: np.ndarray, 
     ``track = (every, evaluate)`` (DAGMM only) records ``evaluate(scores of X_test)`` every ``every``
     epochs in ``extra['track']``.
     """
-    from dagmm import OutlierAE, OutlierAEGMM
+    from dagmm import OutlierAE
     from dagmm.training.loop import default_adam
 
     holder: dict = {}
@@ -202,8 +210,7 @@ def run_method(method: str, cfg: dict, X_train: np.ndarray, X_test: np.ndarray, 
         return make
 
     if method in ("dagmm", "untrained"):
-        enc, dec, dens = _nets(cfg, X_train.shape[1], seed)
-        det = OutlierAEGMM(encoder_net=enc, decoder_net=dec, gmm_density_net=dens)
+        det = paper_dagmm(cfg, X_train.shape[1], seed)
         callbacks, curve = [], []
         if method == "dagmm":
             lr, epochs = cfg["lr"], cfg["epochs"]

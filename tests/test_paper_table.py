@@ -97,3 +97,39 @@ def test_protocol_a_flags_the_papers_rho_and_runs_resume_on_matching_settings(tm
     assert "resuming: 0 task(s) already" in capsys.readouterr().err
     log = (tmp_path / "paper_table.runs.jsonl").read_text().splitlines()
     assert len(log) == 4 and json.loads(log[-1])["settings"]["lambda2"] == 1e-4
+
+
+def test_paper_nets_score_with_dropout_off_and_the_whole_training_mixture():
+    """The benchmark's DAGMM (the paper's nets, Dropout(0.5) in the estimation net): after fit, the
+    mixture is the one of every training row with dropout off, and the energies equal scipy's
+    -log sum_k phi_k N(z; mu_k, Sigma_k) under it."""
+    import numpy as np
+    import torch
+    from scipy.stats import multivariate_normal
+
+    bench = _bench()
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 8)).astype(np.float32)
+    cfg = {**bench.CONFIGS["thyroid"], "epochs": 3, "batch": 64}
+    det = bench.paper_dagmm(cfg, X.shape[1], seed=0)
+    det.fit(X, epochs=3, batch_size=64, verbose=False, seed=0)
+    model = det.aegmm
+    xb = torch.from_numpy(X)
+    with torch.no_grad():
+        model.train()
+        gamma_dropout = model(xb)[2]
+        model.eval()
+        _, z, gamma = model(xb)
+    assert not torch.allclose(gamma_dropout, gamma)  # dropout really acts in train mode
+    z, gamma = z.double().numpy(), gamma.double().numpy()
+    phi = gamma.mean(0)
+    mu = gamma.T @ z / gamma.sum(0)[:, None]
+    cov = np.stack([(gamma[:, k, None] * (z - mu[k])).T @ (z - mu[k]) / gamma[:, k].sum() for k in range(len(phi))])
+    # float32 network outputs summed in another order: relative 1e-5
+    np.testing.assert_allclose(det.phi_.numpy(), phi, rtol=1e-5)
+    np.testing.assert_allclose(det.mu_.numpy(), mu, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(det.cov_.numpy(), cov, rtol=1e-4, atol=1e-7)
+    dens = sum(phi[k] * multivariate_normal(mu[k], cov[k] + det.cov_eps_ * np.eye(z.shape[1])).pdf(z)
+               for k in range(len(phi)))
+    np.testing.assert_allclose(det.score(X), -np.log(dens), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(det.score(X), det.score(X))
