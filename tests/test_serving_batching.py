@@ -40,7 +40,7 @@ def test_waiting_requests_are_scored_together_and_each_gets_its_own_rows():
     bad = np.full((2, 4), np.nan)
 
     async def go():
-        batcher = Batcher(model)
+        batcher = Batcher(model, inline_rows=0)  # in a thread, so the gate can hold it
         t0 = asyncio.create_task(batcher.score(first, {"scale": 1}))
         await asyncio.sleep(0.05)  # the first call is running and blocked on the gate
         tasks = [asyncio.create_task(batcher.score(x, {"scale": 1})) for x in same[:2]]
@@ -70,7 +70,7 @@ def test_a_batch_never_exceeds_the_row_cap():
     calls_before = []
 
     async def go():
-        batcher = Batcher(model, max_rows=10)
+        batcher = Batcher(model, max_rows=10, inline_rows=0)
         slow = threading.Event()
         original = model.run
 
@@ -93,3 +93,24 @@ def test_a_batch_never_exceeds_the_row_cap():
     assert time.monotonic() - t < 10
     assert all(len(o["instance_score"]) == n for o, n in zip(out, [1, 4, 4, 4, 4, 4]))
     assert [n for n, _ in model.calls] == [1, 8, 8, 4]  # 4+4 <= 10 < 4+4+4
+
+
+def test_small_calls_run_on_the_event_loop_and_large_ones_in_a_thread():
+    threads = []
+
+    class WhereModel:
+        def run(self, X, opts):
+            threads.append((len(X), threading.get_ident()))
+            return {"instance_score": X.sum(1), "feature_score": None}
+
+    async def go():
+        batcher = Batcher(WhereModel(), inline_rows=8)
+        small = await batcher.score(np.ones((8, 2)), {})
+        large = await batcher.score(np.ones((9, 2)), {})
+        return threading.get_ident(), small, large
+
+    loop_thread, small, large = asyncio.run(go())
+    np.testing.assert_array_equal(small["instance_score"], np.full(8, 2.0))
+    np.testing.assert_array_equal(large["instance_score"], np.full(9, 2.0))
+    assert threads[0] == (8, loop_thread)
+    assert threads[1][0] == 9 and threads[1][1] != loop_thread
