@@ -10,7 +10,7 @@ training set), a plain auto-encoder with the same compression network scored
 by reconstruction error, scikit-learn's OneClassSVM and IsolationForest.
 
 Thresholds.  Protocol A (the paper's): the top rho% energies of the test set
-are flagged, rho = the dataset's anomaly ratio.  Protocol C: the top n test
+are flagged, rho = the anomaly ratio of the paper's Table 1 (``PAPER_RHO``).  Protocol C: the top n test
 rows, n = the number of anomalies in the test set, so P = R = F1.  AUROC and
 AUPRC need no threshold.  Protocol C reuses protocol A's training set (the
 normal rows of a random half are a random half of the normal rows) and tests
@@ -24,7 +24,10 @@ and protocols of this run replace older ones, so a run split by
 ``--datasets`` accumulates one table) and ``<out>/paper_table.md`` is
 rewritten from it.  ``--quick`` writes ``paper_table_quick.*`` instead.
 ``--validate`` compares candidate settings on a validation split of the
-training half (protocol A nested inside it); the test half is never touched.
+training half (protocol A nested inside it), training the full run's number
+of optimizer steps; the test half is never touched.  ``--resume`` reuses the
+logged tasks whose dataset, seed, method, mode and settings all match, so a
+stopped run continues where it was.
 """
 
 from __future__ import annotations
