@@ -471,6 +471,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list of {', '.join(DATASETS)}")
     ap.add_argument("--seeds", type=int, default=20, help="number of seeds (0..N-1), default 20")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds are FIRST .. FIRST + N - 1 (default 0), to split one run over processes")
     ap.add_argument("--protocols", default="A,C", help="comma list of A, C (default A,C)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes, one torch thread each (default 1)")
@@ -503,8 +505,8 @@ def main(argv=None) -> int:
         if bad:
             ap.error(f"unknown {what} {bad[0]!r}; choose from {', '.join(allowed)}")
     seeds = 1 if args.quick and args.seeds == 20 else args.seeds
-    if seeds < 1 or args.jobs < 1:
-        ap.error("--seeds and --jobs must be at least 1")
+    if seeds < 1 or args.jobs < 1 or args.first_seed < 0:
+        ap.error("--seeds and --jobs must be at least 1, --first-seed at least 0")
     data_home = args.data_home or os.environ.get("DAGMM_DATA") or str(Path.home() / ".cache" / "dagmm")
     overrides = {}
     for item in args.set:
@@ -521,7 +523,7 @@ def main(argv=None) -> int:
         cfgs[name] = cfg
     tasks = [dict(dataset=n, protocols=protocols, seed=s, method=m, cfg=cfgs[n], data_home=data_home,
                   quick=args.quick, validate=args.validate, track=args.track)
-             for n in names for s in range(seeds) for m in methods]
+             for n in names for s in range(args.first_seed, args.first_seed + seeds) for m in methods]
     # longest first, so the pool is not left waiting on one long task at the end
     tasks.sort(key=lambda t: -TASK_COST[t["dataset"]] * METHOD_COST[t["method"]] * t["cfg"]["epochs"]
                / CONFIGS[t["dataset"]]["epochs"])
