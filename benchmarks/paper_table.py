@@ -10,7 +10,7 @@ training set), a plain auto-encoder with the same compression network scored
 by reconstruction error, scikit-learn's OneClassSVM and IsolationForest.
 
 Thresholds.  Protocol A (the paper's): the top rho% energies of the test set
-are flagged, rho = the dataset's anomaly ratio.  Protocol C: the top n test
+are flagged, rho = the anomaly ratio of the paper's Table 1 (``PAPER_RHO``).  Protocol C: the top n test
 rows, n = the number of anomalies in the test set, so P = R = F1.  AUROC and
 AUPRC need no threshold.  Protocol C reuses protocol A's training set (the
 normal rows of a random half are a random half of the normal rows) and tests
@@ -24,7 +24,10 @@ and protocols of this run replace older ones, so a run split by
 ``--datasets`` accumulates one table) and ``<out>/paper_table.md`` is
 rewritten from it.  ``--quick`` writes ``paper_table_quick.*`` instead.
 ``--validate`` compares candidate settings on a validation split of the
-training half (protocol A nested inside it); the test half is never touched.
+training half (protocol A nested inside it), training the full run's number
+of optimizer steps; the test half is never touched.  ``--resume`` reuses the
+logged tasks whose dataset, seed, method, mode and settings all match, so a
+stopped run continues where it was.
 """
 
 from __future__ import annotations
@@ -57,7 +60,15 @@ CONFIGS = {
     "kddcup_rev": dict(comp=(60, 30, 10, 1), est=(10, 2), epochs=400, batch=1024, lambda2=0.005,
                        scaler="minmax", scale="all", recon="sum"),
 }
-COMMON = dict(activation="tanh", dropout=0.5, lambda1=0.1, lr=1e-4)
+for _cfg in CONFIGS.values():
+    # lr: Adam's (the paper's 1e-4); lr_schedule: 'constant' (the paper's) or 'cosine' (to 0 at the last
+    # epoch); constant: 'keep' the columns that are constant on the training split, or 'drop' them.
+    _cfg.update(lr=1e-4, lr_schedule="constant", constant="keep")
+COMMON = dict(activation="tanh", dropout=0.5, lambda1=0.1)
+#: The anomaly ratio rho of the paper's Table 1; protocol A flags the top rho of the test energies.
+#: (The files' own ratios differ slightly: KDDCUP 97,278 / 494,021 = 0.1969, Thyroid 93 / 3,772 = 0.0247,
+#: Arrhythmia 66 / 452 = 0.146, KDDCUP-Rev 24,319 / 121,597 = 0.19999.)
+PAPER_RHO = {"kddcup": 0.2, "thyroid": 0.025, "arrhythmia": 0.15, "kddcup_rev": 0.2}
 #: Paper Table 2 (protocol A, mean of 20 runs): DAGMM and the OC-SVM baseline.
 PAPER = {
     "kddcup": {"dagmm": (0.9297, 0.9442, 0.9369), "ocsvm": (None, None, 0.7954)},
@@ -75,14 +86,14 @@ QUICK = dict(epochs=2, rows=2000, ocsvm_max=500)
 # ------------------------------------------------------------------ data
 @functools.lru_cache(maxsize=2)
 def load(name: str, data_home: str, seed: int, quick: bool) -> tuple[np.ndarray, np.ndarray, float]:
-    """(X, y, anomaly ratio of the whole dataset); quick mode keeps a seeded subsample."""
+    """(X, y, the paper's anomaly ratio rho); quick mode keeps a seeded subsample."""
     from dagmm.datasets import load_arrhythmia, load_kddcup99, load_thyroid
 
     if name in ("kddcup", "kddcup_rev"):
         X, y = load_kddcup99(data_home, rev=name == "kddcup_rev", seed=seed)
     else:
         X, y = (load_thyroid if name == "thyroid" else load_arrhythmia)(data_home)
-    ratio = float(y.mean())
+    ratio = PAPER_RHO[name]
     if quick and len(X) > QUICK["rows"]:
         keep = np.sort(np.random.default_rng(seed).choice(len(X), QUICK["rows"], replace=False))
         X, y = X[keep], y[keep]
@@ -132,32 +143,101 @@ def _loss(recon: str, n_features: int):
     return loss_mean
 
 
-def run_method(method: str, cfg: dict, X_train: np.ndarray, X_test: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
-    """Anomaly scores of X_test (higher = more anomalous) and extra measurements."""
-    import torch
+def _lr_callback(cfg: dict, holder: dict):
+    """An epoch-end callback applying cfg['lr_schedule'] to the optimizer in holder['opt']."""
+    import math
 
-    from dagmm import OutlierAE, OutlierAEGMM
+    schedule, epochs = cfg.get("lr_schedule", "constant"), cfg["epochs"]
+    if schedule == "constant":
+        return None
+    if schedule != "cosine":
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+
+    def cosine(epoch: int, logs: dict) -> bool:
+        for group in holder["opt"].param_groups:  # lr of the next epoch; 0 after the last
+            group["lr"] = cfg["lr"] * 0.5 * (1.0 + math.cos(math.pi * (epoch + 1) / epochs))
+        return False
+
+    return cosine
+
+
+def _tracker(det, cfg: dict, X_train: np.ndarray, X_test: np.ndarray, track: tuple, curve: list):
+    """An epoch-end callback that, every track[0] epochs, estimates the mixture on all of X_train, scores
+    X_test and appends {'epoch', 'loss', **track[1](scores)} to curve.  It consumes no random numbers and
+    puts the network back in train mode, so the training run is the one made without it."""
+    every, evaluate = track
+
+    def on_epoch_end(epoch: int, logs: dict) -> bool:
+        if (epoch + 1) % every and epoch + 1 != cfg["epochs"]:
+            return False
+        det.feature_shape_ = tuple(X_train.shape[1:])
+        det._fit_mixture(X_train)
+        det._fitted = True
+        try:
+            row = evaluate(det.score(X_test))
+        except ValueError as err:  # non-finite energies: record it, keep training
+            row = {"error": str(err)[:200]}
+        finally:
+            det._fitted = False
+            det.aegmm.train()
+        curve.append({"epoch": epoch + 1, "loss": logs["loss"], **row})
+        return False
+
+    return on_epoch_end
+
+
+def paper_dagmm(cfg: dict, n_features: int, seed: int):
+    """An unfitted OutlierAEGMM with the paper's networks for cfg (Dropout(0.5) in the estimation net)."""
+    from dagmm import OutlierAEGMM
+
+    enc, dec, dens = _nets(cfg, n_features, seed)
+    return OutlierAEGMM(encoder_net=enc, decoder_net=dec, gmm_density_net=dens)
+
+
+def run_method(method: str, cfg: dict, X_train: np.ndarray, X_test: np.ndarray, seed: int,
+               track: Optional[tuple] = None) -> tuple[np.ndarray, dict]:
+    """Anomaly scores of X_test (higher = more anomalous) and extra measurements.
+
+    ``track = (every, evaluate)`` (DAGMM only) records ``evaluate(scores of X_test)`` every ``every``
+    epochs in ``extra['track']``.
+    """
+    from dagmm import OutlierAE
+    from dagmm.training.loop import default_adam
+
+    holder: dict = {}
+
+    def adam(lr: float):
+        def make(params):
+            holder["opt"] = default_adam(params, lr)  # fused Adam, as the library's default optimizer
+            return holder["opt"]
+        return make
 
     if method in ("dagmm", "untrained"):
-        enc, dec, dens = _nets(cfg, X_train.shape[1], seed)
-        det = OutlierAEGMM(encoder_net=enc, decoder_net=dec, gmm_density_net=dens)
+        det = paper_dagmm(cfg, X_train.shape[1], seed)
+        callbacks, curve = [], []
         if method == "dagmm":
-            lr, epochs = COMMON["lr"], cfg["epochs"]
+            lr, epochs = cfg["lr"], cfg["epochs"]
+            callbacks = [cb for cb in (_lr_callback(cfg, holder),) if cb is not None]
+            if track is not None:
+                callbacks.append(_tracker(det, cfg, X_train, X_test, track, curve))
         else:  # one pass with learning rate 0: weights stay at init, the mixture is fitted on X_train
             lr, epochs = 0.0, 1
         det.fit(X_train, loss_fn=_loss(cfg.get("recon", "sum"), X_train.shape[1]),
                 w_energy=COMMON["lambda1"], w_cov_diag=cfg["lambda2"], epochs=epochs,
                 batch_size=min(cfg["batch"], len(X_train)), verbose=False, seed=seed,
-                optimizer=lambda p: torch.optim.Adam(p, lr=lr))
+                optimizer=adam(lr), callbacks=callbacks)
         extra = {"train_" + k: v for k, v in _recon_errors(det, X_train).items()}
         if det.history_:
             extra["final_loss"] = det.history_[-1]["loss"]
+        extra["epochs_run"] = len(det.history_)
+        if curve:
+            extra["track"] = curve
         return det.score(X_test), extra
     if method == "ae":
         enc, dec, _ = _nets(cfg, X_train.shape[1], seed)
         det = OutlierAE(encoder_net=enc, decoder_net=dec)
         det.fit(X_train, epochs=cfg["epochs"], batch_size=min(cfg["batch"], len(X_train)), verbose=False,
-                seed=seed, optimizer=lambda p: torch.optim.Adam(p, lr=COMMON["lr"]))
+                seed=seed, optimizer=adam(cfg["lr"]), callbacks=[cb for cb in (_lr_callback(cfg, holder),) if cb])
         return det.score(X_test)[1], {}
     if method == "ocsvm":
         from sklearn.svm import OneClassSVM
@@ -188,39 +268,98 @@ def metrics(scores: np.ndarray, y: np.ndarray, n_flag: int) -> dict:
             "auprc": float(average_precision_score(y, scores))}
 
 
+@functools.lru_cache(maxsize=1)
+def kdd_labels(data_home: str) -> np.ndarray:
+    """The label column of the KDDCUP file (``'normal.'``, ``'smurf.'``, ...), in file order."""
+    import gzip
+
+    import pandas as pd
+
+    from dagmm.datasets.kddcup99 import _RELPATH
+
+    with gzip.open(Path(data_home) / _RELPATH, "rt") as f:
+        return pd.read_csv(f, header=None, usecols=[41]).iloc[:, 0].to_numpy(str)
+
+
+def flagged_by_label(scores: np.ndarray, labels: np.ndarray, n_flag: int) -> dict:
+    """{label: [rows flagged among the n_flag highest scores, rows]} (KDDCUP: which traffic gets flagged)."""
+    flagged = np.zeros(len(scores), dtype=bool)
+    flagged[np.argsort(-scores, kind="stable")[:n_flag]] = True
+    return {str(k): [int(flagged[labels == k].sum()), int((labels == k).sum())] for k in np.unique(labels)}
+
+
+def validation_epochs(epochs: int, batch: int, n_full: int, n_val: int) -> int:
+    """Epochs on the validation split (n_val rows) that make the full run's number of steps (n_full rows)."""
+    b_full, b_val = min(batch, n_full), min(batch, n_val)
+    return max(1, round(epochs * -(-n_full // b_full) / -(-n_val // b_val)))
+
+
 def run_task(task: dict) -> list[dict]:
     """One (dataset, seed, method) cell, evaluated under every requested protocol; runs in a worker.
 
     Protocol C shares protocol A's training set: the normal rows of a random half of the data are a
     random half of the normal rows, which is what C trains on.  C's test set is then A's test normals
     plus every anomaly (none is ever trained on), so one trained model gives both columns.
+
+    ``--validate``: the test half of the seed's protocol-A split is dropped first and protocol A is
+    applied again inside the training half (seed + 10000); the network trains for the epochs that make
+    the full run's number of optimizer steps (the nested training split has half the rows).
     """
     from dagmm.datasets import fit_scaler, protocol_indices
 
-    name, seed, method, cfg = task["dataset"], task["seed"], task["method"], task["cfg"]
+    name, seed, method, cfg = task["dataset"], task["seed"], task["method"], dict(task["cfg"])
     t0 = time.perf_counter()
     # only KDDCUP-Rev and the quick subsample depend on the seed: share the cached load across seeds otherwise
     data_seed = seed if name == "kddcup_rev" or task["quick"] else 0
     X, y, ratio = load(name, task["data_home"], data_seed, task["quick"])
+    origin = np.arange(len(y))  # row of the loaded data (the file's row for KDDCUP)
+    n_full = len(protocol_indices(y, "A", seed)[0])
     if task.get("validate"):  # protocol A nested in the training half: the test half is never seen
         _, test = protocol_indices(y, "A", seed)
         half = np.setdiff1d(np.arange(len(y)), test)
-        X, y = X[half], y[half]
+        X, y, origin = X[half], y[half], origin[half]
     train, test_a = protocol_indices(y, "A", seed + (10_000 if task.get("validate") else 0))
+    if task.get("validate"):
+        cfg["epochs"] = validation_epochs(cfg["epochs"], cfg["batch"], n_full, len(train))
     tests = {"A": test_a, "C": np.union1d(test_a[y[test_a] == 0], np.flatnonzero(y == 1))}
     rows = np.union1d(test_a, tests["C"]) if "C" in task["protocols"] else test_a
-    transform = fit_scaler(X[train], cfg["scaler"], slice(0, 34) if cfg["scale"] == "continuous" else None)
-    scores, extra = run_method(method, cfg, transform(X[train]), transform(X[rows]), seed)
+    columns = np.arange(X.shape[1])
+    if cfg.get("constant", "keep") == "drop":  # columns constant on the training split carry nothing
+        columns = np.flatnonzero(X[train].max(0) > X[train].min(0))
+    elif cfg.get("constant", "keep") != "keep":
+        raise ValueError(f"constant must be 'keep' or 'drop', got {cfg['constant']!r}")
+    Xc = X[:, columns]
+    scale_cols = np.flatnonzero(columns < 34) if cfg["scale"] == "continuous" else None
+    transform = fit_scaler(Xc[train], cfg["scaler"], scale_cols)
+    track = None
+    if task.get("track") and method == "dagmm":
+        pick_a, y_a = np.searchsorted(rows, test_a), y[test_a]
+        n_a = int(round(ratio * len(y_a)))
+        track = (task["track"], lambda s: {k: v for k, v in metrics(s[pick_a], y_a, n_a).items()
+                                           if k in ("f1", "auroc")})
+    scores, extra = run_method(method, cfg, transform(Xc[train]), transform(Xc[rows]), seed, track)
     seconds = time.perf_counter() - t0
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in task["cfg"].items()}
     out = []
     for protocol in task["protocols"]:
         pick = np.searchsorted(rows, tests[protocol])  # (N_test,) positions of this protocol's rows
         y_test = y[tests[protocol]]
         n_flag = int(round(ratio * len(y_test))) if protocol == "A" else int(y_test.sum())
+        more = {}
+        if name == "kddcup" and not task["quick"]:
+            labels = kdd_labels(task["data_home"])[origin[tests[protocol]]]
+            more["flagged_by_label"] = flagged_by_label(scores[pick], labels, n_flag)
         out.append({"dataset": name, "protocol": protocol, "seed": seed, "method": method,
-                    **metrics(scores[pick], y_test, n_flag), **extra, "n_train": int(len(train)),
-                    "n_test": int(len(y_test)), "seconds": seconds / len(task["protocols"])})
+                    **metrics(scores[pick], y_test, n_flag), **extra, **more, "n_train": int(len(train)),
+                    "n_test": int(len(y_test)), "n_flagged": n_flag, "n_features": int(len(columns)), "seconds": seconds / len(task["protocols"]),
+                    "validate": bool(task.get("validate")), "quick": bool(task["quick"]), "settings": settings})
     return out
+
+
+def task_key(dataset: str, seed: int, method: str, validate: bool, quick: bool, settings: dict) -> str:
+    """What makes two tasks the same run: a resumed run reuses a logged result only when all of it matches."""
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+    return json.dumps([dataset, int(seed), method, bool(validate), bool(quick), settings], sort_keys=True)
 
 
 def _init_worker() -> None:
@@ -268,7 +407,7 @@ def aggregate(results: list[dict]) -> dict:
     table: dict = {}
     for r in sorted(results, key=lambda r: (r["dataset"], r["protocol"], r["method"], r["seed"])):
         cell = table.setdefault(r["dataset"], {}).setdefault(r["protocol"], {}).setdefault(r["method"], {"runs": []})
-        cell["runs"].append({k: v for k, v in r.items() if k not in ("dataset", "protocol", "method")})
+        cell["runs"].append({k: v for k, v in r.items() if k not in ("dataset", "protocol", "method", "settings")})
     for protocols in table.values():
         for methods in protocols.values():
             for cell in methods.values():
@@ -293,8 +432,10 @@ def markdown(doc: dict) -> str:
         cfg = entry["settings"]
         lines += [f"## {name}", "",
                   f"Settings: compression {cfg['comp']}, estimation {cfg['est']}, epochs {cfg['epochs']}, batch "
-                  f"{cfg['batch']}, lambda1 {COMMON['lambda1']}, lambda2 {cfg['lambda2']}, lr {COMMON['lr']}, "
-                  f"scaler {cfg['scaler']} ({cfg['scale']} columns, fitted on the training split); "
+                  f"{cfg['batch']}, lambda1 {COMMON['lambda1']}, lambda2 {cfg['lambda2']}, lr {cfg.get('lr', 1e-4)} "
+                  f"({cfg.get('lr_schedule', 'constant')}), recon {cfg.get('recon', 'sum')}, scaler {cfg['scaler']} "
+                  f"({cfg['scale']} columns, fitted on the training split, constant columns "
+                  f"{cfg.get('constant', 'keep')}); rho {PAPER_RHO[name]}; "
                   f"wall time {entry['wall_time_s']:.0f} s (sum over the runs below of task seconds / jobs).", ""]
         for run in entry["runs"]:
             lines.append(f"- run: protocols {','.join(run['protocols'])}, methods {','.join(run['methods'])}, "
@@ -330,6 +471,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list of {', '.join(DATASETS)}")
     ap.add_argument("--seeds", type=int, default=20, help="number of seeds (0..N-1), default 20")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds are FIRST .. FIRST + N - 1 (default 0), to split one run over processes")
     ap.add_argument("--protocols", default="A,C", help="comma list of A, C (default A,C)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes, one torch thread each (default 1)")
@@ -342,8 +485,14 @@ def main(argv=None) -> int:
                     help="build the table from the per-task logs (<stem>.runs.jsonl) of earlier, possibly "
                          "stopped, runs instead of running anything")
     ap.add_argument("--resume", action="store_true",
-                    help="skip the (dataset, seed, method) tasks already in <out>/<stem>.runs.jsonl and use "
-                         "their logged results")
+                    help="skip the tasks already in <out>/<stem>.runs.jsonl with the same dataset, seed, method, "
+                         "mode and settings, and use their logged results")
+    ap.add_argument("--name", default="paper_table",
+                    help="stem of the output files (default paper_table; --quick / --validate append _quick / "
+                         "_validate)")
+    ap.add_argument("--track", type=int, default=0, metavar="EVERY",
+                    help="DAGMM: every EVERY epochs fit the mixture and record the test (or validation) F1 and "
+                         "AUROC in the run's 'track' (does not change the training run)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a setting of every selected dataset, e.g. lambda2=1e-4, scaler=minmax, epochs=50")
     args = ap.parse_args(argv)
@@ -356,15 +505,16 @@ def main(argv=None) -> int:
         if bad:
             ap.error(f"unknown {what} {bad[0]!r}; choose from {', '.join(allowed)}")
     seeds = 1 if args.quick and args.seeds == 20 else args.seeds
-    if seeds < 1 or args.jobs < 1:
-        ap.error("--seeds and --jobs must be at least 1")
+    if seeds < 1 or args.jobs < 1 or args.first_seed < 0:
+        ap.error("--seeds and --jobs must be at least 1, --first-seed at least 0")
     data_home = args.data_home or os.environ.get("DAGMM_DATA") or str(Path.home() / ".cache" / "dagmm")
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
         if key not in CONFIGS["kddcup"]:
             ap.error(f"--set: unknown key {key!r}; choose from {', '.join(CONFIGS['kddcup'])}")
-        overrides[key] = json.loads(value) if key not in ("scaler", "scale", "recon") else value
+        overrides[key] = json.loads(value) if key not in ("scaler", "scale", "recon", "lr_schedule", "constant") \
+            else value
     cfgs = {}
     for name in names:
         cfg = {**CONFIGS[name], **overrides}
@@ -372,14 +522,14 @@ def main(argv=None) -> int:
             cfg.update(epochs=QUICK["epochs"], ocsvm_max=QUICK["ocsvm_max"])
         cfgs[name] = cfg
     tasks = [dict(dataset=n, protocols=protocols, seed=s, method=m, cfg=cfgs[n], data_home=data_home,
-                  quick=args.quick, validate=args.validate)
-             for n in names for s in range(seeds) for m in methods]
+                  quick=args.quick, validate=args.validate, track=args.track)
+             for n in names for s in range(args.first_seed, args.first_seed + seeds) for m in methods]
     # longest first, so the pool is not left waiting on one long task at the end
     tasks.sort(key=lambda t: -TASK_COST[t["dataset"]] * METHOD_COST[t["method"]] * t["cfg"]["epochs"]
                / CONFIGS[t["dataset"]]["epochs"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "paper_table" + ("_quick" if args.quick else "") + ("_validate" if args.validate else "")
+    stem = args.name + ("_quick" if args.quick else "") + ("_validate" if args.validate else "")
     started = time.perf_counter()
     if args.from_log:
         results = [r for f in args.from_log for r in map(json.loads, Path(f).read_text().splitlines())
@@ -391,10 +541,17 @@ def main(argv=None) -> int:
         log = out / f"{stem}.runs.jsonl"
         previous = []
         if args.resume and log.is_file():
-            previous = [r for r in map(json.loads, log.read_text().splitlines())
-                        if r["dataset"] in names and r["protocol"] in protocols and r["method"] in methods]
-            done = {(r["dataset"], r["seed"], r["method"]) for r in previous}
-            tasks = [t for t in tasks if (t["dataset"], t["seed"], t["method"]) not in done]
+            wanted = {task_key(t["dataset"], t["seed"], t["method"], t["validate"], t["quick"], t["cfg"]): t
+                      for t in tasks}
+            logged: dict = {}
+            for r in map(json.loads, log.read_text().splitlines()):
+                if "settings" in r:  # older logs, without settings, cannot be matched
+                    key = task_key(r["dataset"], r["seed"], r["method"], r["validate"], r["quick"], r["settings"])
+                    if key in wanted and r["protocol"] in protocols:
+                        logged.setdefault(key, {})[r["protocol"]] = r
+            done = {k for k, by_protocol in logged.items() if set(protocols) <= set(by_protocol)}
+            previous = [logged[k][p] for k in done for p in protocols]
+            tasks = [t for k, t in wanted.items() if k not in done]
             print(f"resuming: {len(done)} task(s) already in {log}, {len(tasks)} to run", file=sys.stderr)
         elif log.is_file():
             log.unlink()

@@ -53,3 +53,83 @@ def test_bad_arguments_are_refused(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper_table.py"), "--datasets", "mnist",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown dataset 'mnist'; choose from kddcup, thyroid" in proc.stderr
+
+
+def _bench():
+    """benchmarks/paper_table.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_table", ROOT / "benchmarks" / "paper_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_validation_trains_the_full_runs_step_count():
+    bench = _bench()
+    # KDDCUP: ceil(198,000 / 1024) = 194 steps per full epoch, ceil(99,000 / 1024) = 97 on validation
+    assert bench.validation_epochs(200, 1024, 198_000, 99_000) == 400
+    # Thyroid: 1,839 training rows = 2 batches of 1024, the nested 920 rows one batch
+    assert bench.validation_epochs(20_000, 1024, 1_839, 920) == 40_000
+    assert bench.validation_epochs(10_000, 128, 193, 96) == 20_000  # Arrhythmia, batch 128
+    assert bench.validation_epochs(10, 1024, 500, 500) == 10
+
+
+def test_protocol_a_flags_the_papers_rho_and_runs_resume_on_matching_settings(tmp_path, shared_data, capsys):
+    """The anomaly ratio of protocol A is the paper's (Thyroid 2.5%, not the file's 93 / 3772 = 2.47%);
+    a resumed run reuses a logged task only when every setting matches."""
+    bench = _bench()
+    assert bench.PAPER_RHO == {"kddcup": 0.2, "thyroid": 0.025, "arrhythmia": 0.15, "kddcup_rev": 0.2}
+    # full Thyroid, the untrained net only (one pass at lr 0): the test half has 1886 rows,
+    # 0.025 * 1886 = 47.15 -> 47 flagged; the file's ratio would give 46.5 -> 46
+    argv = ["--datasets", "thyroid", "--methods", "untrained", "--seeds", "1", "--data-home", str(shared_data),
+            "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    log = [json.loads(line) for line in (tmp_path / "paper_table.runs.jsonl").read_text().splitlines()]
+    assert [r["protocol"] for r in log] == ["A", "C"]
+    assert log[0]["n_test"] == 1886 and log[0]["n_flagged"] == 47
+    assert log[1]["n_flagged"] == 93  # protocol C: every anomaly is in its test set
+    assert log[0]["settings"]["lambda2"] == 0.005 and log[0]["settings"]["constant"] == "keep"
+    capsys.readouterr()
+    assert bench.main([*argv, "--resume"]) == 0
+    assert "resuming: 1 task(s) already" in capsys.readouterr().err
+    assert bench.main([*argv, "--resume", "--set", "lambda2=1e-4"]) == 0
+    assert "resuming: 0 task(s) already" in capsys.readouterr().err
+    log = (tmp_path / "paper_table.runs.jsonl").read_text().splitlines()
+    assert len(log) == 4 and json.loads(log[-1])["settings"]["lambda2"] == 1e-4
+
+
+def test_paper_nets_score_with_dropout_off_and_the_whole_training_mixture():
+    """The benchmark's DAGMM (the paper's nets, Dropout(0.5) in the estimation net): after fit, the
+    mixture is the one of every training row with dropout off, and the energies equal scipy's
+    -log sum_k phi_k N(z; mu_k, Sigma_k) under it."""
+    import numpy as np
+    import torch
+    from scipy.stats import multivariate_normal
+
+    bench = _bench()
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 8)).astype(np.float32)
+    cfg = {**bench.CONFIGS["thyroid"], "epochs": 3, "batch": 64}
+    det = bench.paper_dagmm(cfg, X.shape[1], seed=0)
+    det.fit(X, epochs=3, batch_size=64, verbose=False, seed=0)
+    model = det.aegmm
+    xb = torch.from_numpy(X)
+    with torch.no_grad():
+        model.train()
+        gamma_dropout = model(xb)[2]
+        model.eval()
+        _, z, gamma = model(xb)
+    assert not torch.allclose(gamma_dropout, gamma)  # dropout really acts in train mode
+    z, gamma = z.double().numpy(), gamma.double().numpy()
+    phi = gamma.mean(0)
+    mu = gamma.T @ z / gamma.sum(0)[:, None]
+    cov = np.stack([(gamma[:, k, None] * (z - mu[k])).T @ (z - mu[k]) / gamma[:, k].sum() for k in range(len(phi))])
+    # float32 network outputs summed in another order: relative 1e-5
+    np.testing.assert_allclose(det.phi_.numpy(), phi, rtol=1e-5)
+    np.testing.assert_allclose(det.mu_.numpy(), mu, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(det.cov_.numpy(), cov, rtol=1e-4, atol=1e-7)
+    dens = sum(phi[k] * multivariate_normal(mu[k], cov[k] + det.cov_eps_ * np.eye(z.shape[1])).pdf(z)
+               for k in range(len(phi)))
+    np.testing.assert_allclose(det.score(X), -np.log(dens), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(det.score(X), det.score(X))
