@@ -62,18 +62,23 @@ def _check_out_dir(out: str) -> None:
         raise PermissionError(f"--out {out}: cannot write in {probe}.")
 
 
-def _check_fit_args(args) -> None:
-    """Every check that does not need the data, before anything is read or trained."""
-    from ..tables.tableio import table_format
-
+def _check_settings(args) -> None:
+    """The checks of the training settings and of ``--out``, shared by every way to fit."""
     for value, flag in ((args.epochs, "--epochs"), (args.batch_size, "--batch-size"), (args.n_gmm, "--n-gmm"),
-                        (args.max_categories, "--max-categories")):
+                        (getattr(args, "max_categories", None), "--max-categories")):
         if value is not None:
             _check_positive(value, flag)
     if args.lr is not None and not (args.lr > 0 and np.isfinite(args.lr)):
         raise ValueError(f"--lr must be a positive number, got {args.lr}.")
     if not (0.0 <= args.threshold_perc <= 100.0):
         raise ValueError(f"--threshold-perc must be a percentile in [0, 100], got {args.threshold_perc}.")
+
+
+def _check_fit_args(args) -> None:
+    """Every check that does not need the data, before anything is read or trained."""
+    from ..tables.tableio import table_format
+
+    _check_settings(args)
     for path, flag in ((args.data, "data"), (args.threshold_data, "--threshold-data")):
         if path is None:
             continue
@@ -124,13 +129,7 @@ def _save_model(od, pre, args, n_rows: int) -> None:
 def _fit_options(args) -> dict:
     from ..training.loop import default_adam
 
-    for value, flag in ((args.epochs, "--epochs"), (args.batch_size, "--batch-size"), (args.n_gmm, "--n-gmm")):
-        if value is not None:
-            _check_positive(value, flag)
-    if args.lr is not None and not (args.lr > 0 and np.isfinite(args.lr)):
-        raise ValueError(f"--lr must be a positive number, got {args.lr}.")
-    if not (0.0 <= args.threshold_perc <= 100.0):
-        raise ValueError(f"--threshold-perc must be a percentile in [0, 100], got {args.threshold_perc}.")
+    _check_settings(args)
     _check_out_dir(args.out)
     lr = args.lr
     return {"epochs": args.epochs, "batch_size": args.batch_size, "verbose": not args.quiet,
@@ -144,7 +143,10 @@ def _fit_dask(args) -> int:
     if args.threshold_data is not None:
         raise ValueError("--threshold-data is not used with --engine dask: the threshold comes from all the rows.")
     _check_positive(args.sample_rows, "--sample-rows")
-    pre = TabularPreprocessor(args.columns, args.exclude, args.label_column)
+    from ..tables.preprocess import MAX_CATEGORIES
+
+    pre = TabularPreprocessor(args.columns, args.exclude, args.label_column,
+                              MAX_CATEGORIES if args.max_categories is None else args.max_categories)
     od = _new_detector(args.detector, args.n_gmm)
     n, n_sample = fit_files(od, pre, args.data, sample_rows=args.sample_rows, seed=args.seed,
                             threshold_perc=args.threshold_perc, fit_kwargs=_fit_options(args),
