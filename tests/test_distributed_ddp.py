@@ -27,6 +27,7 @@ from dagmm.models.losses import loss_aegmm  # noqa: E402
 from dagmm.tables.model import load_table_model  # noqa: E402
 from dagmm.tables.preprocess import TabularPreprocessor  # noqa: E402
 from dagmm.training.loop import default_adam  # noqa: E402
+from dagmm.training.scaling import fit_scaling  # noqa: E402
 
 pytest.importorskip("pyarrow", reason="the CLI run reads Parquet: pip install 'dagmm[dask]'")
 WORLD = 2
@@ -115,6 +116,9 @@ def test_cli_fit_distributed_saves_the_mixture_and_threshold_of_all_rows(ddp_run
     for name, (m, s) in whole.numeric_.items():
         np.testing.assert_allclose(pre.numeric_[name], (m, s), rtol=1e-12)
     X = pre.transform(df)
+    mean, scale = fit_scaling(X)  # the detector's own scaling, as fit() would set it on all rows
+    np.testing.assert_allclose(od.scaler_mean_, mean, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(od.scaler_scale_, scale, rtol=1e-9)
     # the scoring mixture summed over ranks equals the one-process estimate over all rows
     params = gmm_params_from_stats(od.mixture_stats(X))
     for got, want in zip((od.phi_, od.mu_, od.cov_), params):

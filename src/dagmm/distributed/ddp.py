@@ -175,43 +175,45 @@ def train_ddp(model: torch.nn.Module, X: np.ndarray, *, epochs: int, batch_size:
 
 
 # ------------------------------------------------------------------ dagmm fit --distributed
-def _global_preprocessor(pre: Any, df: Any) -> Any:
-    """``pre`` fitted on this rank's rows, made global: numeric mean/std and categories merged over ranks.
+def _allreduce(a: np.ndarray, op: str) -> np.ndarray:
+    """``a`` reduced elementwise over the ranks (``op`` ``"sum"`` or ``"max"``), for ``fit_scaling(reduce=...)``."""
+    dist = _dist()
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t.numpy()
 
-    Equals :meth:`TabularPreprocessor.fit` on the concatenated rows (the
-    means and variances are merged exactly, up to float64 rounding).
+
+def _global_preprocessor(pre: Any, df: Any) -> Any:
+    """``pre`` fitted on this rank's rows, made global: numeric scaling and categories over all ranks.
+
+    Equals :meth:`TabularPreprocessor.fit` on the concatenated rows: the numeric
+    columns are scaled by :func:`dagmm.training.scaling.fit_scaling` with its
+    sums and maxima all-reduced (up to float64 rounding of sums in another order).
     """
     from ..tables.preprocess import TabularPreprocessor
+    from ..training.scaling import fit_scaling
 
     dist = _dist()
     local = pre.to_dict()
-    moments = {}
-    for name in pre.numeric_:
-        v = df[name].to_numpy(dtype=np.float64)
-        moments[name] = (len(v), float(v.mean()), float(((v - v.mean()) ** 2).sum()))
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (moments, local["categorical"]))
+    names = list(pre.numeric_)
     numeric = {}
-    for name in pre.numeric_:
-        parts = [g[0][name] for g in gathered]
-        n = sum(p[0] for p in parts)
-        mean = sum(p[0] * p[1] for p in parts) / n
-        m2 = sum(p[2] + p[0] * (p[1] - mean) ** 2 for p in parts)  # Chan et al.'s merge of sums of squares
-        std = math.sqrt(m2 / n)
-        numeric[name] = [mean, std if std > 0 else 1.0]
-    categorical = {name: sorted(set().union(*(g[1][name] for g in gathered))) for name in pre.categorical_}
+    if names:
+        values = np.column_stack([df[name].to_numpy(dtype=np.float64) for name in names])  # (N, C), as fit reads them
+        mean, scale = fit_scaling(values, columns=names, reduce=_allreduce)
+        numeric = {name: [float(m), float(sd)] for name, m, sd in zip(names, mean, scale)}
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local["categorical"])
+    categorical = {name: sorted(set().union(*(g[name] for g in gathered))) for name in pre.categorical_}
     return TabularPreprocessor.from_dict({**local, "numeric": numeric, "categorical": categorical})
 
 
 def _global_scaling(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-feature mean and scale over all ranks, as :func:`dagmm.training.auto.standardize_stats` on the whole."""
+    """Per-feature float64 mean and scale over all ranks (``fit_scaling`` on the whole), and the global row count."""
+    from ..training.scaling import fit_scaling
+
     n = int(_sum(torch.tensor([len(X)], dtype=torch.int64)))
-    X64 = torch.from_numpy(X.astype(np.float64))
-    mean = _sum(X64.sum(0)) / n
-    std = (_sum((X64 - mean).square().sum(0)) / n).sqrt()
-    mean, std = mean.numpy(), std.numpy()
-    const = std <= 1e-7 * np.maximum(1.0, np.abs(mean))  # standardize_stats' rule for constant columns
-    return mean.astype(np.float32), np.where(const, 1.0, std).astype(np.float32), n
+    mean, scale = fit_scaling(X, reduce=_allreduce)
+    return mean, scale, n
 
 
 def _read_shard(path: str, rank: int, world: int) -> Any:
@@ -248,6 +250,7 @@ def fit_table(path: str, *, columns: Optional[Sequence[str]] = None, exclude: Se
     from ..models.nets import build_aegmm_nets
     from ..tables.preprocess import TabularPreprocessor
     from ..training.auto import AUTO_LR, aegmm_config
+    from ..training.scaling import apply_scaling
 
     rank, world = init_process_group()
     df = _read_shard(path, rank, world)
@@ -256,7 +259,7 @@ def fit_table(path: str, *, columns: Optional[Sequence[str]] = None, exclude: Se
     pre = _global_preprocessor(TabularPreprocessor(columns, exclude, label_column).fit(df), df)
     X = pre.transform(df)
     mean, scale, n = _global_scaling(X)
-    Xs = np.ascontiguousarray((X - mean) / scale, dtype=np.float32)  # apply_standardize's formula
+    Xs = apply_scaling(X, mean, scale)  # what fit() trains on
     config = aegmm_config(n, X.shape[1:])
     if n_gmm is not None:
         config["n_gmm"] = int(n_gmm)

@@ -35,7 +35,7 @@ rounding of the result.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -59,7 +59,12 @@ def _names(columns: Optional[Sequence[Any]], n: int) -> list[str]:
     return [str(c) for c in columns] if columns is not None else [str(i) for i in range(n)]
 
 
-def fit_scaling(X: Any, columns: Optional[Sequence[Any]] = None) -> tuple[np.ndarray, np.ndarray]:
+def _local(a: np.ndarray, op: str) -> np.ndarray:
+    return a
+
+
+def fit_scaling(X: Any, columns: Optional[Sequence[Any]] = None,
+                reduce: Optional[Callable[[np.ndarray, str], np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray]:
     """float64 ``(mean, scale)`` of each column of ``X`` (shape ``X.shape[1:]``) by the module's rule.
 
     Parameters
@@ -69,6 +74,13 @@ def fit_scaling(X: Any, columns: Optional[Sequence[Any]] = None) -> tuple[np.nda
     columns : sequence, optional
         Names of the columns of a 2-D ``X``, used in error messages
         (default: their indices).
+    reduce : callable, optional
+        ``reduce(array, op)`` with ``op`` ``"sum"`` or ``"max"``, returning the
+        elementwise reduction of ``array`` over several holders of parts of the
+        rows (an all-reduce over ``torch.distributed`` ranks, say): the result
+        is then the scaling of all their rows together, by the same rule and
+        passes, and every holder raises the same errors.  Default: ``X`` is all
+        the rows.
 
     Raises
     ------
@@ -76,11 +88,12 @@ def fit_scaling(X: Any, columns: Optional[Sequence[Any]] = None) -> tuple[np.nda
         If ``X`` has no rows or holds NaN or infinity (the message names the columns).
     """
     X = np.asarray(X)
+    reduce = reduce or _local
     if X.ndim < 1 or X.shape[0] == 0:
         raise ValueError("Cannot fit a scaling on data with no rows.")
     flat = X.reshape(X.shape[0], -1)
-    n = flat.shape[0]
-    blocks = range(0, n, _BLOCK_ROWS)
+    blocks = range(0, flat.shape[0], _BLOCK_ROWS)
+    n = float(reduce(np.array([flat.shape[0]], dtype=np.float64), "sum")[0])
     finite = np.ones(flat.shape[1], dtype=bool)
     peak = np.zeros(flat.shape[1])
     with np.errstate(invalid="ignore"):
@@ -88,20 +101,23 @@ def fit_scaling(X: Any, columns: Optional[Sequence[Any]] = None) -> tuple[np.nda
             b = np.abs(flat[s:s + _BLOCK_ROWS].astype(np.float64))
             finite &= np.isfinite(b).all(axis=0)
             np.maximum(peak, b.max(axis=0), out=peak)
+    finite = reduce((~finite).astype(np.float64), "max") == 0
     if not finite.all():
         bad = np.flatnonzero(~finite)
         names = _names(columns, flat.shape[1])
         shown = ", ".join(repr(names[j]) for j in bad[:10]) + (", ..." if bad.size > 10 else "")
         raise ValueError(f"Column(s) {shown} hold NaN or infinite values; the scaling cannot be fitted. "
                          "Impute or drop them first.")
+    peak = reduce(peak, "max")
     unit = np.where(peak > 0, peak, 1.0)  # columns divided by it lie in [-1, 1]: no sum or square overflows
     total = np.zeros(flat.shape[1])
     for s in blocks:
         total += (flat[s:s + _BLOCK_ROWS].astype(np.float64) / unit).sum(axis=0)
-    m = total / n
+    m = reduce(total, "sum") / n
     sq = np.zeros(flat.shape[1])
     for s in blocks:  # pass 3: two-pass variance, no cancellation
         sq += np.square(flat[s:s + _BLOCK_ROWS].astype(np.float64) / unit - m).sum(axis=0)
+    sq = reduce(sq, "sum")
     rel_std = np.sqrt(sq / n)  # std / max|x|
     const = rel_std <= CONSTANT_ULPS * _eps(X.dtype)
     mean = m * unit
