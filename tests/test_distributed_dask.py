@@ -58,10 +58,17 @@ def aegmm(data):
 
 
 def _same_scores(got, want):
-    """Equal up to float64 rounding: the same per-row code, but the torch path (DAGMM_NATIVE=0) vectorises the
-    float64 energy sums differently for another batch length (last-bit differences, measured 2e-15); the C
-    kernels give equal bits."""
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    """Equal up to float32 rounding: the same per-row code, run over other row counts (partitions). The
+    network's float32 products may round otherwise for another batch length on another CPU (a few float32
+    ulps, ~1e-7 relative, which the energy's quadratic form can amplify tenfold); here the C kernels give
+    equal bits and the torch path last-bit float64 differences."""
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _same_flags(got, scores, threshold):
+    """Flags equal except, possibly, for rows whose score lies within _same_scores' tolerance of the threshold."""
+    clear = np.abs(np.asarray(scores) - threshold) > 1e-5 * (1 + abs(threshold))
+    np.testing.assert_array_equal(np.asarray(got)[clear], (np.asarray(scores) > threshold)[clear])
 
 
 def _loads(client) -> dict:
@@ -77,7 +84,7 @@ def test_array_scores_and_flags_equal_in_memory(client, aegmm, data):
     _same_scores(scores.compute(), aegmm.score(data))
     pred = ddist.predict(aegmm, X)
     want = aegmm.predict(data)
-    np.testing.assert_array_equal(pred["data"]["is_outlier"].compute(), want["data"]["is_outlier"])
+    _same_flags(pred["data"]["is_outlier"].compute(), want["data"]["instance_score"], aegmm.threshold)
     assert pred["meta"] == want["meta"] and pred["data"]["feature_score"] is None
     after = _loads(client)
     # the detector is loaded at most once per worker process however many blocks it scores
@@ -95,7 +102,7 @@ def test_dataframe_scores_by_column_name_keep_the_index(client, aegmm, data):
     _same_scores(got.to_numpy(), aegmm.score(data))
     assert (got.index == pdf.index).all()
     flags = ddist.predict(aegmm, df, columns=cols)["data"]["is_outlier"].compute()
-    np.testing.assert_array_equal(flags.to_numpy(), aegmm.predict(data)["data"]["is_outlier"])
+    _same_flags(flags.to_numpy(), aegmm.score(data), aegmm.threshold)
     with pytest.raises(ValueError, match="pass columns="):
         ddist.score(aegmm, df)
 
@@ -105,10 +112,11 @@ def test_outlier_ae_feature_scores_equal_in_memory(client, data):
     ae.fit(data[:1000], epochs=1, verbose=False, seed=0)
     fs, inst = ddist.score(ae, da.from_array(data, chunks=CHUNK), outlier_perc=50, return_feature_score=True)
     want_f, want_i = ae.score(data, outlier_perc=50)
-    np.testing.assert_array_equal(fs.compute(), want_f)  # float32 squared errors: row by row, no reduction
+    # float32 squared errors of reconstructions made over other row counts (see _same_scores)
+    np.testing.assert_allclose(fs.compute(), want_f, rtol=1e-5, atol=1e-6)
     _same_scores(inst.compute(), want_i)
     t = ddist.infer_threshold(ae, da.from_array(data, chunks=CHUNK), 80, outlier_type="feature")
-    assert t == np.percentile(want_f, 80)
+    assert t == pytest.approx(np.percentile(want_f, 80), rel=1e-5, abs=1e-6)  # in-memory scores: see above
 
 
 def _reference_mixture(od, X):
@@ -131,7 +139,12 @@ def test_fit_mixture_is_exact_over_partitions(client, aegmm, data):
 
     od = copy.deepcopy(aegmm)
     parts = (1000, 37, 1963, 2000)  # uneven partitions, one tiny
-    ddist.fit_mixture(od, da.from_array(data, chunks=(parts, F)))
+    # the default detector's mixture was fitted by EM: replacing it with the membership mixture must be asked for
+    with pytest.raises(ValueError, match=r"fitted by EM on its training codes .* pass membership=True"):
+        ddist.fit_mixture(od, da.from_array(data, chunks=(parts, F)))
+    assert np.array_equal(od.mu_.numpy(), aegmm.mu_.numpy())  # and nothing changed
+    ddist.fit_mixture(od, da.from_array(data, chunks=(parts, F)), membership=True)
+    assert od.auto_config_["mixture"] == "membership" and "mixture_fit" not in od.auto_config_
     phi, mu, cov = _reference_mixture(od, data)
     for got, want in zip((od.phi_, od.mu_, od.cov_), (phi, mu, cov)):
         np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-8)
@@ -139,7 +152,7 @@ def test_fit_mixture_is_exact_over_partitions(client, aegmm, data):
     assert np.abs(aegmm.mu_.numpy() - mu).max() > 1e-4
     # and a DataFrame gives the same
     od2 = copy.deepcopy(aegmm)
-    ddist.fit_mixture(od2, dd.from_pandas(pd.DataFrame(data, columns=list("abcdef")), npartitions=3))
+    ddist.fit_mixture(od2, dd.from_pandas(pd.DataFrame(data, columns=list("abcdef")), npartitions=3), membership=True)
     np.testing.assert_allclose(od2.cov_.numpy(), cov, rtol=0, atol=1e-8)
     with pytest.raises(TypeError, match="OutlierAEGMM"):
         ddist.fit_mixture(dagmm.OutlierAE(), da.from_array(data))
@@ -225,7 +238,7 @@ def test_cli_score_a_parquet_directory(client, data, tmp_path, capsys):
         np.testing.assert_array_equal(got["id"].to_numpy(), frame["id"].to_numpy())
         want = od.score(pre.transform(frame))
         _same_scores(got["score"].to_numpy(), want)
-        np.testing.assert_array_equal(got["is_outlier"].to_numpy(), (want > od.threshold).astype(np.int64))
+        _same_flags(got["is_outlier"].to_numpy(), want, od.threshold)
     assert main(["score", str(model), str(tmp_path / "nothing-*.parquet"), "--engine", "dask", "--out",
                  str(out)]) == 1
     assert "No Parquet files" in capsys.readouterr().err
@@ -240,11 +253,13 @@ def test_cli_fit_on_dask_trains_on_a_sample_and_fits_on_all(client, data, tmp_pa
     assert f"of {len(data)} rows" in msg, msg
     od, pre, settings = load_table_model(model)
     assert settings["n_rows"] == len(data) and od.auto_config_["n_rows"] < 1200  # trained on the sample only
+    # the default's scoring mixture stays the EM one of the sample's codes (not replaced by the membership one)
+    k = od.auto_config_["mixture_fit"]["n_components"]
+    assert f"scoring mixture by EM on the sample's codes ({k} component(s))" in msg, msg
     X = pre.transform(pd.concat(frames, ignore_index=True))
     phi, mu, cov = _reference_mixture(od, X)
-    np.testing.assert_allclose(od.cov_.numpy(), cov, rtol=0, atol=1e-8)
-    np.testing.assert_allclose(od.phi_.numpy(), phi, rtol=0, atol=1e-8)
-    assert od.threshold == pytest.approx(np.percentile(od.score(X), 95), rel=1e-12)  # see _same_scores
+    assert od.phi_.shape[0] == k and not (od.phi_.shape == phi.shape and np.allclose(od.mu_.numpy(), mu, atol=1e-4))
+    assert od.threshold == pytest.approx(np.percentile(od.score(X), 95), rel=1e-5)  # see _same_scores
 
 
 def test_a_worker_killed_mid_job_the_job_still_completes(client, aegmm, data):

@@ -123,7 +123,7 @@ def test_cli_fit_distributed_saves_the_mixture_and_threshold_of_all_rows(ddp_run
     params = gmm_params_from_stats(od.mixture_stats(X))
     for got, want in zip((od.phi_, od.mu_, od.cov_), params):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-8, atol=1e-10)
-    assert od.threshold == pytest.approx(np.percentile(od.score(X), settings["threshold_perc"]), rel=1e-12)
+    assert od.threshold == pytest.approx(np.percentile(od.score(X), settings["threshold_perc"]), rel=1e-5)  # ranks scored their shards: float32 over other row counts
     assert od.auto_config_["distributed"] == {"world_size": 2, "global_mixture": True}
     assert settings["n_rows"] == len(df)
 

@@ -152,9 +152,11 @@ def _fit_dask(args) -> int:
                             threshold_perc=args.threshold_perc, fit_kwargs=_fit_options(args),
                             scheduler=args.scheduler, workers=args.workers)
     _save_model(od, pre, args, n)
-    what = "mixture and threshold" if args.detector == "aegmm" else "threshold"
-    print(f"Trained {type(od).__name__} on a sample of {n_sample} of {n} rows; {what} from all {n} rows on Dask "
-          f"(threshold {od.threshold:.6g}). Saved to {args.out}")
+    em = (od.auto_config_ or {}).get("mixture_fit")
+    what = "threshold" if args.detector != "aegmm" or em else "mixture and threshold"
+    mixture = f"; scoring mixture by EM on the sample's codes ({em['n_components']} component(s))" if em else ""
+    print(f"Trained {type(od).__name__} on a sample of {n_sample} of {n} rows{mixture}; {what} from all {n} rows "
+          f"on Dask (threshold {od.threshold:.6g}). Saved to {args.out}")
     return 0
 
 

@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--batch-size", type=int, default=None, help="training batch size (default: from the row count)")
     fit.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
     fit.add_argument("--n-gmm", type=int, default=None,
-                     help="mixture components for aegmm (default: from the row count, 1 to 4)")
+                     help="mixture components for aegmm (default: the estimation network's from the row count, "
+                          "1 to 4; the scoring mixture's chosen by BIC among 1, 2, 4, 8, 16)")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     fit.add_argument("--threshold-perc", type=float, default=95.0,
                      help="percentile of the threshold data's scores used as threshold (default 95)")
@@ -69,8 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="most distinct values of a text column (default 256, and at most half the rows); "
                           "more is refused as an id column")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_engine(fit, "DATA is a Parquet directory or glob; train on a sample (--sample-rows), then fit the "
-                "mixture and the threshold over every row on Dask")
+    _add_engine(fit, "DATA is a Parquet directory or glob; train on a sample (--sample-rows), the scoring mixture "
+                "by EM on the sample's codes, then the threshold over every row on Dask")
     fit.add_argument("--sample-rows", type=int, default=200_000,
                      help="with --engine dask: rows sampled for training (default 200000)")
     fit.add_argument("--distributed", action="store_true",

@@ -227,8 +227,16 @@ def _blocks(X: Any, frame: bool) -> list:
 
 
 def fit_mixture(detector: Any, X: Any, *, columns: Optional[Sequence[str]] = None,
-                preprocessor: Optional[Any] = None, batch_size: int = 16384) -> Any:
+                preprocessor: Optional[Any] = None, batch_size: int = 16384, membership: bool = False) -> Any:
     """Estimate the scoring mixture of an ``OutlierAEGMM`` exactly over a whole Dask collection.
+
+    This is the estimation network's membership mixture (the paper's, and
+    what ``fit`` installs for user nets and ``architecture='paper'``).  The
+    automatic default instead fits its scoring mixture by EM on the training
+    codes (``auto_config_['mixture_fit']``), which is not a sum over rows;
+    replacing it with the membership mixture changes the model, so for such
+    a detector this raises unless ``membership=True`` says that is meant
+    (``auto_config_['mixture']`` then records ``'membership'``).
 
     Train on what fits in memory (a sample), then call this on all the data:
     each partition contributes its additive statistics (Σγ, Σγ(z-s), Σγ(z-s)(z-s)ᵀ
@@ -251,6 +259,13 @@ def fit_mixture(detector: Any, X: Any, *, columns: Optional[Sequence[str]] = Non
     if type(detector).__name__ != "OutlierAEGMM":
         raise TypeError(f"fit_mixture needs an OutlierAEGMM, got {type(detector).__name__} (it has no mixture).")
     _kind(detector)
+    em = (getattr(detector, "auto_config_", None) or {}).get("mixture_fit")
+    if em is not None and not membership:
+        raise ValueError(
+            f"This detector's scoring mixture was fitted by EM on its training codes ({em['n_components']} "
+            "component(s) chosen by BIC, auto_config_['mixture_fit']); fit_mixture estimates the estimation "
+            "network's membership mixture instead, a different model. Keep the EM mixture (a sample's codes "
+            "estimate it well) and call infer_threshold over all rows, or pass membership=True to replace it.")
     X, frame, columns = _prepare(detector, X, columns, preprocessor)
     files = ship(detector, preprocessor)
     blocks = _blocks(X, frame)
@@ -271,6 +286,9 @@ def fit_mixture(detector: Any, X: Any, *, columns: Optional[Sequence[str]] = Non
 
     stats = GMMStats(*(torch.from_numpy(np.asarray(t, dtype=np.float64)) for t in total))
     detector.set_mixture(gmm_params_from_stats(stats))
+    if em is not None:
+        detector.auto_config_.pop("mixture_fit")
+        detector.auto_config_["mixture"] = "membership"
     return detector
 
 

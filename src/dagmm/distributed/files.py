@@ -109,10 +109,12 @@ def fit_files(od: Any, pre: Any, source: str, *, sample_rows: int, seed: int, th
     """Train ``od`` on a sample of the Parquet files of ``source``, then fit its mixture and threshold on all.
 
     ``pre`` (an unfitted :class:`~dagmm.tables.preprocess.TabularPreprocessor`)
-    is fitted on the sample.  The mixture (``OutlierAEGMM``) comes from
-    :func:`dagmm.distributed.fit_mixture` and the threshold from the exact
-    :func:`dagmm.distributed.infer_threshold`, both over every row.  Returns
-    ``(rows in all files, rows in the sample)``.
+    is fitted on the sample.  The threshold comes from the exact
+    :func:`dagmm.distributed.infer_threshold` over every row; an
+    ``OutlierAEGMM`` whose scoring mixture is the membership one gets it from
+    :func:`dagmm.distributed.fit_mixture` over every row, while the automatic
+    default keeps the EM mixture of the sample's codes (EM is not a sum over
+    rows; see ``fit_mixture``).  Returns ``(rows in all files, rows in the sample)``.
     """
     import dask.dataframe as dd
     import pandas as pd
@@ -132,7 +134,7 @@ def fit_files(od: Any, pre: Any, source: str, *, sample_rows: int, seed: int, th
         sample = (ddf.sample(frac=frac, random_state=seed) if frac < 1 else ddf).compute()
         pre.fit(sample)
         od.fit(pre.transform(sample), seed=seed, **fit_kwargs)
-        if type(od).__name__ == "OutlierAEGMM":
+        if type(od).__name__ == "OutlierAEGMM" and "mixture_fit" not in od.auto_config_:
             fit_mixture(od, ddf, preprocessor=pre)
         infer_threshold(od, ddf, threshold_perc, preprocessor=pre)
     return n, len(sample)
