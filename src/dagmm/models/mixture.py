@@ -21,6 +21,15 @@ from .gmm import GMMParams, batch_gmm_params, cholesky_with_jitter, gmm_log_prob
 __all__ = ["fit_gmm_em", "kmeans_em", "mixture_bic", "select_mixture"]
 
 
+def _zscores(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 ``(z-scores, center, scale)`` of ``z`` (N, D); a feature with zero spread keeps scale 1."""
+    z = z.double()
+    center = z.mean(0)  # (D,)
+    scale = z.std(0, unbiased=False)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (z - center) / scale, center, scale
+
+
 def fit_gmm_em(z: torch.Tensor, gamma: torch.Tensor, reg: float = 1e-6, max_iter: int = 100,
                tol: float = 1e-4) -> tuple[GMMParams, int]:
     """Maximum-likelihood mixture of ``z`` by EM, started from the memberships ``gamma``.
@@ -48,11 +57,7 @@ def fit_gmm_em(z: torch.Tensor, gamma: torch.Tensor, reg: float = 1e-6, max_iter
     n_iter : int
         EM iterations run.
     """
-    z = z.double()
-    center = z.mean(0)  # (D,)
-    scale = z.std(0, unbiased=False)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zs = (z - center) / scale  # (N, D)
+    zs, center, scale = _zscores(z)  # (N, D)
     eye = torch.eye(z.shape[1], dtype=torch.float64, device=z.device)
     params = batch_gmm_params(zs, gamma.double())
     prev = -math.inf
@@ -82,7 +87,7 @@ def kmeans_em(z: torch.Tensor, n_components: int, reg: float = 1e-6, seed: Optio
 
     z = z.double()
     k = max(1, min(int(n_components), int(z.shape[0])))
-    zs = ((z - z.mean(0)) / z.std(0, unbiased=False).clamp_min(1e-12)).cpu().numpy()
+    zs = _zscores(z)[0].cpu().numpy()
     with warnings.catch_warnings():  # duplicated codes may leave fewer distinct clusters than k
         warnings.simplefilter("ignore")
         labels = KMeans(k, n_init=3, random_state=seed).fit_predict(zs) if k > 1 else [0] * len(zs)
