@@ -43,6 +43,7 @@ import contextlib
 import functools
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -61,6 +62,24 @@ BASELINES = ["IForest", "LOF", "OCSVM", "KNN", "ECOD", "PyOD-AE"]
 PYOD = ("KNN", "ECOD", "PyOD-AE")
 LOSS_MARGIN = 0.10
 
+def _latent(size: Callable[[int], int]) -> dict:
+    """Overrides giving the default networks a latent code of ``size(F)`` units (widths unchanged)."""
+    from dagmm.training.auto import hidden_widths
+
+    def enc(n_rows, shape):
+        f = int(np.prod(shape))
+        return [f, *hidden_widths(f), size(f)]
+
+    def dec(n_rows, shape):
+        f = int(np.prod(shape))
+        return [size(f), *hidden_widths(f)[::-1], f]
+
+    def dens(n_rows, shape):
+        return [size(int(np.prod(shape))) + 2, 10, None]
+
+    return {"encoder": enc, "decoder": dec, "density": dens}
+
+
 #: Candidate settings: overrides of the automatic configuration, per detector.  ``default`` is empty.
 CANDIDATES: dict[str, dict[str, dict]] = {
     "default": {"AEGMM": {}, "AE": {}},
@@ -71,6 +90,9 @@ CANDIDATES: dict[str, dict[str, dict]] = {
     "embic": {"AEGMM": {"mixture": "em", "em_reg": 1e-6, "mixture_components": [1, 2, 4, 8, 16]}, "AE": {}},
     # OutlierAE: each feature's squared error divided by its mean squared error on the training rows
     "msn": {"AEGMM": {}, "AE": {"error_scale": "train", "error_floor": 0.0}},
+    # latent sizes: OutlierAEGMM's code twice the default (2..8), OutlierAE's half of it (F / 8, 2..8)
+    "latent": {"AEGMM": _latent(lambda f: min(8, max(2, 2 * round(math.log2(max(1, f)))))),
+               "AE": _latent(lambda f: min(8, max(2, math.ceil(f / 8))))},
 }
 
 
