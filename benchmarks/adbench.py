@@ -80,6 +80,16 @@ def _latent(size: Callable[[int], int]) -> dict:
     return {"encoder": enc, "decoder": dec, "density": dens}
 
 
+def _steps(factor: float) -> dict:
+    """Overrides scaling the automatic step budget by ``factor`` (patience stays a quarter of it)."""
+    from dagmm.training.auto import schedule
+
+    def steps(n_rows, shape):
+        return max(1, int(schedule(n_rows)["max_steps"] * factor))
+
+    return {"max_steps": steps, "patience_steps": lambda n_rows, shape: steps(n_rows, shape) // 4}
+
+
 #: Candidate settings: overrides of the automatic configuration, per detector.  ``default`` is empty.
 CANDIDATES: dict[str, dict[str, dict]] = {
     "default": {"AEGMM": {}, "AE": {}},
@@ -93,6 +103,9 @@ CANDIDATES: dict[str, dict[str, dict]] = {
     # latent sizes: OutlierAEGMM's code twice the default (2..8), OutlierAE's half of it (F / 8, 2..8)
     "latent": {"AEGMM": _latent(lambda f: min(8, max(2, 2 * round(math.log2(max(1, f)))))),
                "AE": _latent(lambda f: min(8, max(2, math.ceil(f / 8))))},
+    # the step budget (and early stopping's patience, a quarter of it) halved or doubled
+    "steps-half": {"AEGMM": _steps(0.5), "AE": _steps(0.5)},
+    "steps-2x": {"AEGMM": _steps(2.0), "AE": _steps(2.0)},
 }
 
 
