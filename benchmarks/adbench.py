@@ -80,6 +80,12 @@ def _latent(size: Callable[[int], int]) -> dict:
     return {"encoder": enc, "decoder": dec, "density": dens}
 
 
+def _aegmm_latent(shape) -> int:
+    from dagmm.training.auto import aegmm_latent_dim
+
+    return aegmm_latent_dim(int(np.prod(shape)))
+
+
 def _steps(factor: float) -> dict:
     """Overrides scaling the automatic step budget by ``factor`` (patience stays a quarter of it)."""
     from dagmm.training.auto import schedule
@@ -106,6 +112,8 @@ CANDIDATES: dict[str, dict[str, dict]] = {
     # the step budget (and early stopping's patience, a quarter of it) halved or doubled
     "steps-half": {"AEGMM": _steps(0.5), "AE": _steps(0.5)},
     "steps-2x": {"AEGMM": _steps(2.0), "AE": _steps(2.0)},
+    # EM's diagonal regularisation (z-score units) of D / N: strong on tables with few rows per code dimension
+    "reg-n": {"AEGMM": {"em_reg": lambda n_rows, shape: max(1e-6, (_aegmm_latent(shape) + 2) / n_rows)}, "AE": {}},
 }
 
 

@@ -85,6 +85,11 @@ def test_ae_rules_and_rows():
     assert [n_components(n) for n in (100, 299, 300, 2999, 3000, 10 ** 6)] == [1, 1, 2, 2, 4, 4]
     s = schedule(1000)
     assert s["val_rows"] == 100 and s["batch_size"] == 32 and s["max_steps"] == 1160  # 40 epochs of 29 steps
+    # OutlierAE: twice the budget where a held-out slice stops it early, the plain budget below 100 rows
+    ae = ae_config(1000, (10,))
+    assert ae["max_steps"] == 2320 and ae["patience_steps"] == 580 and ae["max_epochs"] == 80
+    assert ae_config(80, (10,))["max_steps"] == schedule(80)["max_steps"] == 1000
+    assert aegmm_config(1000, (10,))["max_steps"] == 1160
 
 
 def test_resolve_schedule_honours_user_values():
