@@ -282,7 +282,7 @@ def kdd_labels(data_home: str) -> np.ndarray:
 
 
 def flagged_by_label(scores: np.ndarray, labels: np.ndarray, n_flag: int) -> dict:
-    """{label: [rows flagged among the n_flag highest scores, rows]} (KDDCUP: which traffic gets flagged)."""
+    """{label: [rows flagged among the n_flag highest scores, rows]} (KDDCUP, -Rev: which traffic gets flagged)."""
     flagged = np.zeros(len(scores), dtype=bool)
     flagged[np.argsort(-scores, kind="stable")[:n_flag]] = True
     return {str(k): [int(flagged[labels == k].sum()), int((labels == k).sum())] for k in np.unique(labels)}
@@ -313,6 +313,10 @@ def run_task(task: dict) -> list[dict]:
     data_seed = seed if name == "kddcup_rev" or task["quick"] else 0
     X, y, ratio = load(name, task["data_home"], data_seed, task["quick"])
     origin = np.arange(len(y))  # row of the loaded data (the file's row for KDDCUP)
+    if name == "kddcup_rev" and not task["quick"]:
+        from dagmm.datasets.kddcup99 import rev_rows
+
+        origin = rev_rows(kdd_labels(task["data_home"]) == "normal.", data_seed)  # (N,) file rows
     n_full = len(protocol_indices(y, "A", seed)[0])
     if task.get("validate"):  # protocol A nested in the training half: the test half is never seen
         _, test = protocol_indices(y, "A", seed)
@@ -346,7 +350,7 @@ def run_task(task: dict) -> list[dict]:
         y_test = y[tests[protocol]]
         n_flag = int(round(ratio * len(y_test))) if protocol == "A" else int(y_test.sum())
         more = {}
-        if name == "kddcup" and not task["quick"]:
+        if name in ("kddcup", "kddcup_rev") and not task["quick"]:
             labels = kdd_labels(task["data_home"])[origin[tests[protocol]]]
             more["flagged_by_label"] = flagged_by_label(scores[pick], labels, n_flag)
         out.append({"dataset": name, "protocol": protocol, "seed": seed, "method": method,

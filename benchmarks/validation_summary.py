@@ -41,7 +41,8 @@ def summary(results: list[dict], labels: bool = False) -> str:
     lines = ["| log | dataset | method | settings | seeds | val F1 per seed | mean F1 | val AUROC per seed | mean AUROC "
              "| tracked mean F1 (epoch: F1) |", "|---|---|---|---|---:|---|---:|---|---:|---|"]
     for (log, dataset, method, settings), rs in groups.items():
-        rs = sorted(rs, key=lambda r: r["seed"])
+        # a task logged twice (a run resumed after it had finished) counts once: the last record per seed
+        rs = sorted({r["seed"]: r for r in rs}.values(), key=lambda r: r["seed"])
         f1 = [r["f1"] for r in rs]
         auroc = [r["auroc"] for r in rs]
         track = ""

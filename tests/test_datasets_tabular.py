@@ -12,7 +12,7 @@ import pytest
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 from dagmm.datasets import kddcup99, load_arrhythmia, load_kddcup99, load_thyroid, odds, protocol_split
-from dagmm.datasets.kddcup99 import KDDCUP99_COLUMNS, KDDCUP99_N_CONTINUOUS, KDDCUP99_SYMBOLIC
+from dagmm.datasets.kddcup99 import KDDCUP99_COLUMNS, KDDCUP99_N_CONTINUOUS, KDDCUP99_SYMBOLIC, rev_rows
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,10 @@ def test_kddcup_rev_composition_and_seed(kdd, shared_data):
     np.testing.assert_array_equal(X, X2)
     X3, _ = load_kddcup99(shared_data, rev=True, seed=4)
     assert not np.array_equal(X, X3)
+    # rev_rows names the file rows the benchmark labels by attack type: the same rows, in file order
+    rows = rev_rows(y_all == 1, 3)
+    assert np.all(np.diff(rows) > 0)
+    np.testing.assert_array_equal(X_all[rows], X)
 
 
 def test_odds_loaders(shared_data):

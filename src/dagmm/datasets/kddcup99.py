@@ -116,8 +116,16 @@ def load_kddcup99(data_home: Union[None, str, os.PathLike] = None, download: boo
     X, normal = _read(path)
     if not rev:
         return X, normal.astype(np.int64)
-    attacks = np.flatnonzero(~normal)
-    rng = np.random.default_rng(seed)
-    drawn = rng.choice(attacks, size=KDDCUP_REV_N_ANOMALIES, replace=False)
-    keep = np.sort(np.concatenate([np.flatnonzero(normal), drawn]))
+    keep = rev_rows(normal, seed)
     return X[keep], (~normal[keep]).astype(np.int64)
+
+
+def rev_rows(normal: np.ndarray, seed: int) -> np.ndarray:
+    """File rows of KDDCUP-Rev, in file order: every ``normal.`` row and a seeded draw of the attacks.
+
+    ``normal`` is the (N,) boolean mask of the file's ``normal.`` rows; ``load_kddcup99(rev=True,
+    seed=seed)`` returns exactly these rows.
+    """
+    attacks = np.flatnonzero(~normal)
+    drawn = np.random.default_rng(seed).choice(attacks, size=KDDCUP_REV_N_ANOMALIES, replace=False)
+    return np.sort(np.concatenate([np.flatnonzero(normal), drawn]))
