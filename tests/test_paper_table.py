@@ -97,6 +97,16 @@ def test_protocol_a_flags_the_papers_rho_and_runs_resume_on_matching_settings(tm
     assert "resuming: 0 task(s) already" in capsys.readouterr().err
     log = (tmp_path / "paper_table.runs.jsonl").read_text().splitlines()
     assert len(log) == 4 and json.loads(log[-1])["settings"]["lambda2"] == 1e-4
+    # --from-log: the same (dataset, protocol, method, seed) in a later log replaces the earlier one
+    rerun = [json.loads(line) for line in log[:2]]
+    for r in rerun:
+        r["f1"] = 0.123
+    (tmp_path / "rerun.runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rerun))
+    assert bench.main(["--datasets", "thyroid", "--methods", "untrained", "--out", str(tmp_path), "--name", "merged",
+                       "--from-log", str(tmp_path / "paper_table.runs.jsonl"), str(tmp_path / "rerun.runs.jsonl")]) == 0
+    cells = json.loads((tmp_path / "merged.json").read_text())["datasets"]["thyroid"]["results"]
+    assert cells["A"]["untrained"]["n_seeds"] == 1 and cells["A"]["untrained"]["f1"]["mean"] == 0.123
+    assert cells["C"]["untrained"]["f1"]["mean"] == 0.123
 
 
 def test_paper_nets_score_with_dropout_off_and_the_whole_training_mixture():
