@@ -17,7 +17,8 @@ normal rows of a random half are a random half of the normal rows) and tests
 on A's test normals plus every anomaly, so one trained model per seed gives
 both columns.  Every finished task is appended to ``<stem>.runs.jsonl``;
 ``--from-log`` rebuilds the table from such logs (of a run stopped early, or
-of runs made on several machines).
+of runs made on several machines); a cell and seed in a later log replaces the
+same one in an earlier log, so a rerun with other settings is named last.
 
 Results are merged into ``<out>/paper_table.json`` (entries of the datasets
 and protocols of this run replace older ones, so a run split by
