@@ -233,8 +233,13 @@ class OutlierAE(BaseDetector):
             opt = resolve_optimizer(optimizer, self.ae.parameters(), AUTO_LR)
             model = self.ae
 
+            noise = float((config or {}).get("input_noise") or 0.0)
+
             def batch_loss(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                x_recon = model(xb)
+                # denoising: corrupt the training batches only, never the held-out rows (eval mode)
+                xin = xb + noise * torch.randn(xb.shape, generator=gen, device=xb.device, dtype=xb.dtype) \
+                    if noise and model.training else xb
+                x_recon = model(xin)
                 return loss_fn(xb, x_recon), x_recon
 
             self.history_, stopped = train_scheduled(
