@@ -114,9 +114,8 @@ CANDIDATES: dict[str, dict[str, dict]] = {
     "steps-2x": {"AEGMM": _steps(2.0), "AE": _steps(2.0)},
     # EM's diagonal regularisation (z-score units) of D / N: strong on tables with few rows per code dimension
     "reg-n": {"AEGMM": {"em_reg": lambda n_rows, shape: max(1e-6, (_aegmm_latent(shape) + 2) / n_rows)}, "AE": {}},
-    # denoising auto-encoder: Gaussian noise of this many standard deviations (z-score units) on the training batches
-    "dae-0.1": {"AEGMM": {}, "AE": {"input_noise": 0.1}},
-    "dae-0.3": {"AEGMM": {}, "AE": {"input_noise": 0.3}},
+    # OutlierAEGMM's score before the residual term (energy of the code only): the default until 2026-12-04
+    "energy-only": {"AEGMM": {"error_scale": None}, "AE": {}},
 }
 
 

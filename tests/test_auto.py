@@ -254,6 +254,27 @@ def test_bad_options():
 
 
 # ---------------------------------------------------------------- quality
+def test_aegmm_score_adds_the_residual_likelihood(raw_task):
+    """Default OutlierAEGMM: energy of the code + 0.5 * sum_j r_j^2 / error_scale_j, in the standardised units."""
+    X_train, X_test, _ = raw_task
+    od = OutlierAEGMM().fit(X_train, epochs=3, verbose=False, seed=0)
+    assert od.auto_config_["error_scale"] == "train"
+    with torch.no_grad():
+        recon = [od.aegmm.eval().encode(torch.from_numpy(od._checked(X)))[0].numpy() for X in (X_train, X_test)]
+    # independent path: numpy float64 of the standardised rows (float32 rounding of the standardisation)
+    sq = [((X.astype(np.float64) - od.scaler_mean_) / od.scaler_scale_ - r) ** 2
+          for X, r in zip((X_train, X_test), recon)]  # (N, F) each
+    mean = sq[0].mean(0)  # (F,)
+    scale = np.maximum(mean, 0.01 * mean.mean())
+    np.testing.assert_allclose(od.error_scale_, scale, rtol=1e-3)
+    full = od.score(X_test)
+    od.error_scale_ = None  # what a detector saved before the term existed scores: the energy alone
+    energy = od.score(X_test)
+    # the difference is the residual term; float32-rounded residuals and standardisation: 1e-3 relative
+    np.testing.assert_allclose(full - energy, 0.5 * (sq[1] / scale).sum(1), rtol=1e-3, atol=1e-3)
+    assert OutlierAEGMM(architecture="paper").fit(X_train, epochs=1, verbose=False, seed=0).error_scale_ is None
+
+
 def test_defaults_beat_the_paper_configuration(raw_task):
     X_train, X_test, y_test = raw_task
     auto = OutlierAEGMM().fit(X_train, verbose=False, seed=0)

@@ -261,10 +261,14 @@ def test_aegmm_scoring_kernel_matches_the_module_path(tabular, architecture, mon
     ref = od.score(X_test, batch_size=64)
     # float32 rounding of the network in another summation order, then the energy of the mixture
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max())
+    xs = od._checked(X_test)
     with torch.no_grad():  # the same energy formula of the module path's z (float64 mixture algebra)
-        _, z = od.aegmm.eval().encode(torch.from_numpy(od._checked(X_test)))
+        x_recon, z = od.aegmm.eval().encode(torch.from_numpy(xs))
     energy = sample_energy(z, od.phi_, od.mu_, od.prec_chol_).numpy()
-    # another float64 order of ~D*D + K operations (D = 3, K = 3) on terms of size ~|energy| + D
+    assert (od.error_scale_ is not None) == (architecture == "auto")
+    if architecture == "auto":  # the residual's Gaussian term, written out in numpy
+        energy = energy + 0.5 * ((xs.astype(np.float64) - x_recon.numpy()) ** 2 / od.error_scale_).sum(1)
+    # another float64 order of ~D*D + K + F operations (D = 3, K = 3, F = 10) on terms of size ~|energy| + D
     np.testing.assert_allclose(ref, energy, **float64_reordered(energy, 64, scale=np.abs(energy).max() + 3))
 
 
@@ -298,7 +302,7 @@ def test_aegmm_energy_kernel_checks_the_shapes():
     x, out, p = torch.randn(3, 5), torch.empty(3, dtype=torch.float64), torch.zeros(64, dtype=torch.float64)
     with pytest.raises(ValueError, match="the decoder must map the latent code \\(at most 62 wide\\)"):
         _lib.lib.aegmm_energy(x.data_ptr(), 3, enc.data_ptr(), 1, dec.data_ptr(), 1, 0, 1e-8, 1e-6,
-                              p.data_ptr(), p.data_ptr(), p.data_ptr(), 1, out.data_ptr(), 48)
+                              p.data_ptr(), p.data_ptr(), p.data_ptr(), 1, 0, out.data_ptr(), 48)
 
 
 def test_ae_scoring_takes_the_kernel_and_matches_the_modules(tabular, monkeypatch):

@@ -242,8 +242,8 @@ def reconstructor(model: nn.Module) -> Optional[Callable[[torch.Tensor, torch.Te
     return reconstruct
 
 
-def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor,
-                  prec_chol: torch.Tensor) -> Optional[Callable[[torch.Tensor, torch.Tensor], bool]]:
+def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor, prec_chol: torch.Tensor,
+                  error_scale: Optional[torch.Tensor] = None) -> Optional[Callable[[torch.Tensor, torch.Tensor], bool]]:
     """The sample energy of an :class:`~dagmm.models.nets.AEGMMNet` in one C call per batch, where it applies.
 
     Returns ``fn(xb, out)`` that writes the energies of float32 CPU rows ``xb``
@@ -253,7 +253,8 @@ def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor,
     flatten), the built-in reconstruction features, a float64 CPU mixture.
     The energy is :func:`dagmm.models.gmm.sample_energy` of the latent code
     and features that ``model.encode`` computes (to float32 rounding of the
-    network); ``x'`` is never written out.
+    network), plus ``0.5 * sum_j (x_j - x'_j)^2 / error_scale_j`` in float64
+    when ``error_scale`` (F,) is given; ``x'`` is never written out.
     """
     if not _on() or type(model) is not AEGMMNet or _hooked(model):
         return None
@@ -266,8 +267,11 @@ def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor,
     if (dec.n_in != enc.n_out or dec.n_out != enc.n_in or d != enc.n_out + 2 or d > lib.MAX_Z or k > lib.MAX_K
             or any(t.dtype != torch.float64 or t.device.type != "cpu" for t in (phi, mu, prec_chol))):
         return None
+    if error_scale is not None and tuple(error_scale.shape) != (enc.n_in,):
+        return None
     prec_t, offset, const = (t.contiguous() for t in energy_terms(phi, mu, prec_chol))
     enc_spec, dec_spec, width = enc.spec(), dec.spec(), enc.n_in
+    inv_var = None if error_scale is None else (1.0 / error_scale.detach().double().cpu()).contiguous()  # (F,)
 
     def energy(xb: torch.Tensor, out: torch.Tensor) -> bool:
         rows = _rows(xb, width) if xb.dim() == 2 else None
@@ -276,10 +280,10 @@ def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor,
             return False
         lib.aegmm_energy(rows.data_ptr(), rows.shape[0], enc_spec.data_ptr(), len(enc.layers), dec_spec.data_ptr(),
                          len(dec.layers), mode, RECON_EPS, LOG_MSE_EPS, prec_t.data_ptr(), offset.data_ptr(),
-                         const.data_ptr(), k, out.data_ptr(), lib.TILE)
+                         const.data_ptr(), k, 0 if inv_var is None else inv_var.data_ptr(), out.data_ptr(), lib.TILE)
         return True
 
-    return energy  # its closure holds enc and dec, so the tensors behind their specs live as long as it
+    return energy  # its closure holds enc, dec and inv_var, so the tensors behind their pointers live as long as it
 
 
 # ----------------------------------------------------------------- training

@@ -166,7 +166,9 @@ PyObject *py_mlp_forward(PyObject *self, PyObject *args)
 /* ---- DAGMM's sample energy straight from the input rows (OutlierAEGMM.score) ----
  * Per tile: encoder -> latent, decoder -> x' (never written out), the reconstruction features by
  * recon_forward of _native.c (the training kernels' code for the same features), then in float64 E(z) = -log sum_k exp(c_k - |P_k^T z - P_k^T mu_k|^2 / 2), the
- * formula of dagmm.models.gmm.sample_energy (c_k = log phi_k + log det P_k - d log(2 pi) / 2). */
+ * formula of dagmm.models.gmm.sample_energy (c_k = log phi_k + log det P_k - d log(2 pi) / 2), plus, when
+ * inv_var is given (f,), the residual's Gaussian term 0.5 sum_j (x_j - x'_j)^2 inv_var_j in float64
+ * (OutlierAEGMM's error_scale_). */
 typedef struct {
     int k, d;
     const double *pt;  /* (k, d, d): P_k^T */
@@ -205,7 +207,8 @@ static inline void energy_rows(const float *lat, Py_ssize_t ldl, int nl_lat, con
 
 KERNEL_FMA static void aegmm_energy(const float *restrict x, Py_ssize_t n, const Layer *E, int ne, const Layer *D,
                                     int nd, int mode, double eps, double log_eps, const Mixture *g,
-                                    double *restrict out, Py_ssize_t tile, float *restrict work, Py_ssize_t wide)
+                                    const double *restrict inv_var, double *restrict out, Py_ssize_t tile,
+                                    float *restrict work, Py_ssize_t wide)
 {
     float *buf[2] = {work, work + tile * wide}, *lat = work + 2 * tile * wide;
     float *feat = lat + tile * E[ne - 1].ow;
@@ -218,20 +221,29 @@ KERNEL_FMA static void aegmm_energy(const float *restrict x, Py_ssize_t n, const
         const float *rec = run_tile(D, nd, lat, ldl, rows, buf, NULL, 0, &ldr);
         recon_forward(xt, rec, ldr, rows, f, 0, mode, eps, log_eps, feat, NULL);
         energy_rows(lat, ldl, (int)nlat, feat, rows, g, out + t0);
+        if (inv_var)
+            for (Py_ssize_t r = 0; r < rows; r++) {
+                double s = 0.0;
+                for (Py_ssize_t j = 0; j < f; j++) {
+                    const double e = (double)xt[r * f + j] - (double)rec[r * ldr + j];
+                    s += e * e * inv_var[j];
+                }
+                out[t0 + r] += 0.5 * s;
+            }
     }
 }
 
-/* aegmm_energy(x, n, enc_spec, n_enc, dec_spec, n_dec, mode, eps, log_eps, pt, off, c, k, out, tile) */
+/* aegmm_energy(x, n, enc_spec, n_enc, dec_spec, n_dec, mode, eps, log_eps, pt, off, c, k, inv_var or 0, out, tile) */
 PyObject *py_aegmm_energy(PyObject *self, PyObject *args)
 {
-    unsigned long long xp, ep, dp, ptp, offp, cp, op;
+    unsigned long long xp, ep, dp, ptp, offp, cp, vp, op;
     Py_ssize_t n, tile;
     int ne, nd, mode, k;
     double eps, log_eps;
     Layer E[DAGMM_MAX_LAYERS], D[DAGMM_MAX_LAYERS];
     (void)self;
-    if (!PyArg_ParseTuple(args, "KnKiKiiddKKKiKn", &xp, &n, &ep, &ne, &dp, &nd, &mode, &eps, &log_eps, &ptp, &offp,
-                          &cp, &k, &op, &tile) ||
+    if (!PyArg_ParseTuple(args, "KnKiKiiddKKKiKKn", &xp, &n, &ep, &ne, &dp, &nd, &mode, &eps, &log_eps, &ptp, &offp,
+                          &cp, &k, &vp, &op, &tile) ||
         check_layers("aegmm_energy", ne, tile) < 0 || check_layers("aegmm_energy", nd, tile) < 0)
         return NULL;
     const int64_t *es = (const int64_t *)(uintptr_t)ep, *ds = (const int64_t *)(uintptr_t)dp;
@@ -256,8 +268,8 @@ PyObject *py_aegmm_energy(PyObject *self, PyObject *args)
     Mixture g = {k, (int)lat + 2, (const double *)(uintptr_t)ptp, (const double *)(uintptr_t)offp,
                  (const double *)(uintptr_t)cp};
     Py_BEGIN_ALLOW_THREADS
-    aegmm_energy((const float *)(uintptr_t)xp, n, E, ne, D, nd, mode, eps, log_eps, &g, (double *)(uintptr_t)op, tile,
-                 work_d, wide);
+    aegmm_energy((const float *)(uintptr_t)xp, n, E, ne, D, nd, mode, eps, log_eps, &g, (const double *)(uintptr_t)vp,
+                 (double *)(uintptr_t)op, tile, work_d, wide);
     Py_END_ALLOW_THREADS
     free(mem_e);
     free(mem_d);

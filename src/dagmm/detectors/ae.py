@@ -233,13 +233,8 @@ class OutlierAE(BaseDetector):
             opt = resolve_optimizer(optimizer, self.ae.parameters(), AUTO_LR)
             model = self.ae
 
-            noise = float((config or {}).get("input_noise") or 0.0)
-
             def batch_loss(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                # denoising: corrupt the training batches only, never the held-out rows (eval mode)
-                xin = xb + noise * torch.randn(xb.shape, generator=gen, device=xb.device, dtype=xb.dtype) \
-                    if noise and model.training else xb
-                x_recon = model(xin)
+                x_recon = model(xb)
                 return loss_fn(xb, x_recon), x_recon
 
             self.history_, stopped = train_scheduled(
@@ -254,29 +249,9 @@ class OutlierAE(BaseDetector):
         self.feature_shape_ = tuple(X.shape[1:])
         self.error_scale_ = None
         if (config or {}).get("error_scale") == "train":
-            self.error_scale_ = self._training_error_scale(X, config["error_floor"])
+            self.error_scale_ = self._training_error_scale(X, config["error_floor"], self._reconstruct_into())
         self._fitted = True
         return self
-
-    def _training_error_scale(self, X: np.ndarray, floor: float, batch_size: int = DEFAULT_SCORE_BATCH) -> np.ndarray:
-        """Mean squared error of each feature on the training rows X (network units), float32, shape of a row.
-
-        Dividing by it expresses every feature's error in units of its typical
-        error: a column the auto-encoder reconstructs almost exactly counts as
-        much as one it barely models, instead of being drowned by it.  Values
-        are floored at ``floor`` times their mean (and at 1e-12) so that a
-        column reconstructed perfectly cannot dominate.
-        """
-        recon_into = self._reconstruct_into()
-        total = np.zeros(X.shape[1:], dtype=np.float64)
-        for start in range(0, len(X), batch_size):
-            xb = torch.from_numpy(X[start:start + batch_size]).to(self.device)
-            out = torch.empty_like(xb)
-            with torch.inference_mode():
-                recon_into(xb, out)
-                total += torch.sub(xb, out).square().double().sum(0).cpu().numpy()
-        mean = total / len(X)
-        return np.maximum(mean, max(floor * float(mean.mean()), 1e-12)).astype(np.float32)
 
     # --------------------------------------------------------------- scoring
     def reconstruct(self, X: Any, batch_size: int = DEFAULT_SCORE_BATCH) -> np.ndarray:

@@ -58,7 +58,12 @@ class OutlierAEGMM(BaseDetector):
     training, with 1 to 16 components chosen by BIC
     (:func:`dagmm.models.mixture.select_mixture`; ``auto_config_['mixture_fit']``
     records the choice); with user nets and ``architecture='paper'`` the
-    estimation network's memberships, as in the paper.
+    estimation network's memberships, as in the paper.  For
+    ``architecture='auto'`` the score also counts the reconstruction as a
+    likelihood: ``0.5 * sum_j (x_j - x'_j)^2 / s_j``, the negative log-density
+    of the residual under independent Gaussians whose variances ``s``
+    (``error_scale_``) are each feature's mean squared error on the training
+    rows, so the score is ``-log p(z) - log p(x | x')`` up to a constant.
 
     Parameters
     ----------
@@ -113,6 +118,11 @@ class OutlierAEGMM(BaseDetector):
         (JSON-able), including early stopping's ``best_step``.
     scaler_mean_, scaler_scale_ : float64 ndarray of shape ``X.shape[1:]`` or None
         The standardisation, or None when it is off.
+    error_scale_ : float32 ndarray of shape ``X.shape[1:]`` or None
+        ``architecture='auto'``: each feature's mean squared reconstruction
+        error on the training rows (standardised units, floored at 0.01 of
+        their mean), the variances of the residual term of the score; None
+        otherwise (and for detectors saved before it existed): energy only.
     """
 
     def __init__(
@@ -350,6 +360,9 @@ class OutlierAEGMM(BaseDetector):
             "lr": lr if optimizer is None else None, "recon_features": getattr(self._recon_fn(), "__name__", None),
         }
         self.feature_shape_ = tuple(X.shape[1:])
+        self.error_scale_ = None
+        if (config or {}).get("error_scale") == "train":
+            self.error_scale_ = self._training_error_scale(X, config["error_floor"], self._reconstruct_into())
         if (config or {}).get("mixture") == "em":
             self.auto_config_["mixture_fit"] = self._fit_mixture_em(X, config["mixture_components"],
                                                                     config["em_reg"], seed)
@@ -425,8 +438,22 @@ class OutlierAEGMM(BaseDetector):
         self.prec_chol_ = precision_cholesky(chol)
 
     # --------------------------------------------------------------- scoring
+    def _reconstruct_into(self) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        """``fn(xb, out)`` writing the auto-encoder's reconstruction of ``xb`` into ``out``; eval mode."""
+        self.aegmm.eval()
+        model = self.aegmm
+        plain = isinstance(model, AEGMMNet) and type(model).forward is AEGMMNet.forward
+
+        def recon_into(xb: torch.Tensor, out: torch.Tensor) -> None:
+            out.copy_(model.encode(xb)[0] if plain else model(xb)[0])
+
+        return recon_into
+
     def score(self, X: Any, batch_size: int = DEFAULT_SCORE_BATCH) -> np.ndarray:
         """Sample energies, shape (N,), float64; higher is more anomalous.
+
+        With ``error_scale_`` (the default architecture) the energy includes
+        the residual term ``0.5 * sum_j (x_j - x'_j)^2 / error_scale_j``.
 
         X is in the units of the training data; the detector's standardisation
         (if any) is applied here.  Memory is bounded by ``batch_size`` rows at a time.
@@ -440,12 +467,18 @@ class OutlierAEGMM(BaseDetector):
         plain = isinstance(model, AEGMMNet) and type(model).forward is AEGMMNet.forward
         latent = model.encode if plain else (lambda xb: model(xb)[:2])
 
+        error_scale = getattr(self, "error_scale_", None)  # None for detectors saved before it existed
+        var = None if error_scale is None else torch.from_numpy(error_scale).to(self.device).double().flatten()
         # the whole energy in one C call per batch where the model and data allow
-        kernel = accel.energy_scorer(model, phi, mu, prec) if plain else None
+        kernel = accel.energy_scorer(model, phi, mu, prec, var) if plain else None
 
         def energy(xb: torch.Tensor, out: torch.Tensor) -> None:
             if kernel is None or not kernel(xb, out):
-                out.copy_(sample_energy(latent(xb)[1], phi, mu, prec))
+                x_recon, z = latent(xb)
+                e = sample_energy(z, phi, mu, prec)  # (N,) float64
+                if var is not None:  # the residual's Gaussian term, in float64 like the mixture's
+                    e = e + 0.5 * (xb.flatten(1).double() - x_recon.flatten(1).double()).square().div(var).sum(1)
+                out.copy_(e)
 
         out = self._batched_into(energy, X, batch_size, (), torch.float64)
         bad = ~np.isfinite(out)

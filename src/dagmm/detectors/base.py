@@ -160,6 +160,28 @@ class BaseDetector:
             host_t.copy_(buf)  # the one device-to-host transfer
         return host
 
+    def _training_error_scale(self, X: np.ndarray, floor: float,
+                              reconstruct_into: Callable[[torch.Tensor, torch.Tensor], None],
+                              batch_size: int = DEFAULT_SCORE_BATCH) -> np.ndarray:
+        """Mean squared reconstruction error of each feature on the training rows X (network units), float32,
+        shape of a row; ``reconstruct_into(xb, out)`` writes the network's reconstruction of ``xb`` into ``out``.
+
+        Dividing by it expresses every feature's error in units of its typical
+        error: a column the auto-encoder reconstructs almost exactly counts as
+        much as one it barely models, instead of being drowned by it.  Values
+        are floored at ``floor`` times their mean (and at 1e-12) so that a
+        column reconstructed perfectly cannot dominate.
+        """
+        total = np.zeros(X.shape[1:], dtype=np.float64)
+        for start in range(0, len(X), batch_size):
+            xb = torch.from_numpy(X[start:start + batch_size]).to(self.device)
+            out = torch.empty_like(xb)
+            with torch.inference_mode():
+                reconstruct_into(xb, out)
+                total += torch.sub(xb, out).square().double().sum(0).cpu().numpy()
+        mean = total / len(X)
+        return np.maximum(mean, max(floor * float(mean.mean()), 1e-12)).astype(np.float32)
+
     @staticmethod
     def _percentile(scores: np.ndarray, threshold_perc: float) -> float:
         return float(np.percentile(scores, threshold_perc))

@@ -67,22 +67,28 @@ class _Scaling(nn.Module):
 
 
 class _EnergyGraph(nn.Module):
-    """Sample energy ``-logsumexp_k (c_k - |P_k^T (z - mu_k)|^2 / 2)`` of the model's ``z``, float64 (N,)."""
+    """Sample energy ``-logsumexp_k (c_k - |P_k^T (z - mu_k)|^2 / 2)`` of the model's ``z``, float64 (N,),
+    plus ``0.5 * sum_j (x_j - x'_j)^2 / s_j`` when the detector has ``error_scale_`` ``s``."""
 
     def __init__(self, model: nn.Module, scaling: _Scaling, phi: torch.Tensor, mu: torch.Tensor,
-                 prec_chol: torch.Tensor) -> None:
+                 prec_chol: torch.Tensor, error_scale: Optional[np.ndarray] = None) -> None:
         super().__init__()
         self.model, self.scaling = model, scaling
         self.plain = type(model) is AEGMMNet  # encode skips the estimation network, as score does
         terms = energy_terms(phi.double().cpu(), mu.double().cpu(), prec_chol.double().cpu())
         for name, t in zip(("prec_t", "offset", "const"), terms):  # (K, D, D), (K, D), (K,)
             self.register_buffer(name, t.contiguous())
+        self.var = None if error_scale is None else torch.from_numpy(
+            np.asarray(error_scale, np.float64).reshape(-1))  # (F,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.scaling(x)
-        z = self.model.encode(x)[1] if self.plain else self.model(x)[1]
+        x_recon, z = self.model.encode(x) if self.plain else self.model(x)[:2]
         # the formula of dagmm.models.gmm.sample_energy, its terms constants of the graph
-        return -torch.logsumexp(log_prob_from_terms(z.double().T, self.prec_t, self.offset, self.const), dim=0)
+        e = -torch.logsumexp(log_prob_from_terms(z.double().T, self.prec_t, self.offset, self.const), dim=0)
+        if self.var is not None:  # the residual's Gaussian term of OutlierAEGMM.score, float64 as there
+            e = e + 0.5 * (x.flatten(1).double() - x_recon.flatten(1).double()).square().div(self.var).sum(1)
+        return e
 
 
 class _ReconGraph(nn.Module):
@@ -129,7 +135,8 @@ def _graph(detector: Any, outlier_perc: float) -> tuple[nn.Module, tuple, list[s
             "threshold": detector.threshold, "standardized_inside": scaling.on}
     if isinstance(detector, OutlierAEGMM):
         net = copy.deepcopy(detector.aegmm).cpu().eval()
-        graph = _EnergyGraph(net, scaling, detector.phi_, detector.mu_, detector.prec_chol_)
+        graph = _EnergyGraph(net, scaling, detector.phi_, detector.mu_, detector.prec_chol_,
+                             getattr(detector, "error_scale_", None))
         return graph, example, ["instance_score"], meta
     n_features = math.prod(row_shape)
     k = n_top_features(outlier_perc, n_features)
