@@ -13,6 +13,8 @@ and scores the test rows several ways, paired (the same net, only the score diff
 - ``default+nll`` / ``codegmm+nll``: the energy plus the residual's Gaussian negative log-likelihood with
   each feature's training mean squared error as its variance (``0.5 * F * msn``), both in nats
   (``default+nll`` is the detector's score since 2026-12-04);
+- ``default+maha-nll``: the energy plus half the squared Mahalanobis distance of the signed residual under
+  its Ledoit-Wolf training covariance (the full-covariance Gaussian NLL, in nats);
 - ``joint``: a BIC-chosen mixture of the code and ``log msn`` (the error in the units ``OutlierAE()``
   scores, in place of the relative Euclidean distance and cosine).
 
@@ -76,6 +78,10 @@ def screen_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: int) 
         # feature's training mean squared error as its variance, 0.5 * sum_f r_f^2 / s_f = 0.5 * F * msn
         f = sq[0].shape[1]
         scores[f"{name}+nll"] = tr + 0.5 * f * msn[0], te + 0.5 * f * msn[1]
+    # the residual's full-covariance Gaussian NLL instead (Ledoit-Wolf on the training residuals), in nats
+    res = [(torch.from_numpy(z_units(X)) - r).double().numpy() for X, (r, _) in zip((X_tr, X_te), out)]
+    m_tr, m_te = aes.mahalanobis(*res)
+    scores["default+maha-nll"] = scores["default"][0] + 0.5 * m_tr, scores["default"][1] + 0.5 * m_te
     scores["joint"] = aes.gmm_energy(*[np.c_[c, np.log(np.maximum(s, 1e-12))] for c, s in zip(code, msn)], seed)
     return {"fit_s": fit_s, "auroc": {k: ab.metrics(y_te, v[1])[0] for k, v in scores.items()}}
 
