@@ -24,9 +24,7 @@ and scores the test rows several ways, paired (the same net, only the score diff
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 import time
 from pathlib import Path
 

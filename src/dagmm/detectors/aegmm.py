@@ -438,14 +438,20 @@ class OutlierAEGMM(BaseDetector):
         self.prec_chol_ = precision_cholesky(chol)
 
     # --------------------------------------------------------------- scoring
-    def _reconstruct_into(self) -> Callable[[torch.Tensor, torch.Tensor], None]:
-        """``fn(xb, out)`` writing the auto-encoder's reconstruction of ``xb`` into ``out``; eval mode."""
+    def _encode_fn(self) -> tuple[bool, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+        """``(plain, fn)``: ``fn(xb) -> (x_recon, z)`` in eval mode, skipping the estimation network (which
+        neither the energy nor the reconstruction needs) when the model is a plain ``AEGMMNet``."""
         self.aegmm.eval()
         model = self.aegmm
         plain = isinstance(model, AEGMMNet) and type(model).forward is AEGMMNet.forward
+        return plain, (model.encode if plain else (lambda xb: model(xb)[:2]))
+
+    def _reconstruct_into(self) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        """``fn(xb, out)`` writing the auto-encoder's reconstruction of ``xb`` into ``out``; eval mode."""
+        encode = self._encode_fn()[1]
 
         def recon_into(xb: torch.Tensor, out: torch.Tensor) -> None:
-            out.copy_(model.encode(xb)[0] if plain else model(xb)[0])
+            out.copy_(encode(xb)[0])
 
         return recon_into
 
@@ -460,12 +466,9 @@ class OutlierAEGMM(BaseDetector):
         """
         self._check_fitted("score")
         X = self._checked(X)
-        self.aegmm.eval()
         phi, mu, prec = self.phi_, self.mu_, self.prec_chol_
         model = self.aegmm
-        # The energy needs z only: skip the estimation network when we can.
-        plain = isinstance(model, AEGMMNet) and type(model).forward is AEGMMNet.forward
-        latent = model.encode if plain else (lambda xb: model(xb)[:2])
+        plain, latent = self._encode_fn()
 
         error_scale = getattr(self, "error_scale_", None)  # None for detectors saved before it existed
         var = None if error_scale is None else torch.from_numpy(error_scale).to(self.device).double().flatten()

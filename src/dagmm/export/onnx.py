@@ -78,8 +78,8 @@ class _EnergyGraph(nn.Module):
         terms = energy_terms(phi.double().cpu(), mu.double().cpu(), prec_chol.double().cpu())
         for name, t in zip(("prec_t", "offset", "const"), terms):  # (K, D, D), (K, D), (K,)
             self.register_buffer(name, t.contiguous())
-        self.var = None if error_scale is None else torch.from_numpy(
-            np.asarray(error_scale, np.float64).reshape(-1))  # (F,)
+        self.register_buffer("var", None if error_scale is None else torch.from_numpy(
+            np.asarray(error_scale, np.float64).reshape(-1)))  # (F,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.scaling(x)
