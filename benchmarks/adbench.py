@@ -115,7 +115,11 @@ CANDIDATES: dict[str, dict[str, dict]] = {
     # EM's diagonal regularisation (z-score units) of D / N: strong on tables with few rows per code dimension
     "reg-n": {"AEGMM": {"em_reg": lambda n_rows, shape: max(1e-6, (_aegmm_latent(shape) + 2) / n_rows)}, "AE": {}},
     # OutlierAEGMM's score before the residual term (energy of the code only): the default until 2026-12-04
-    "energy-only": {"AEGMM": {"error_scale": None}, "AE": {}},
+    "energy-only": {"AEGMM": {"error_scale": None, "residual": "diagonal", "mixture_components": [1, 2, 4, 8, 16]},
+                    "AE": {}},
+    # OutlierAEGMM's score before the full-covariance residual and the mixtures up to 64 components: the diagonal
+    # residual term, 1-16 components (the default of the morning of 2026-12-04)
+    "diag-k16": {"AEGMM": {"residual": "diagonal", "mixture_components": [1, 2, 4, 8, 16]}, "AE": {}},
 }
 
 

@@ -1,14 +1,16 @@
-"""A/B: ``OutlierAEGMM.score`` with and without the residual term (``error_scale_``), in one run.
+"""A/B: ``OutlierAEGMM.score`` with the full-covariance, the diagonal and no residual term, in one run.
 
-Fits the default detector for one epoch on 20,000 x 121 Gaussian rows, then scores 200,000 rows five
-times each way, interleaved, and prints the median times and their ratio (the term is a few multiply-adds
-per column in the C kernel on top of the networks and the mixture).
+Fits the default detector for one epoch on 20,000 x F Gaussian rows (F = 121 and 1,000 by default), then
+scores 200,000 / 20,000 rows five times each way, interleaved, and prints the median times and their
+ratios to the energy alone.  The diagonal term is a few multiply-adds per column in the C kernel; the
+full one an F x F product per row (a layer of F outputs on top of the networks and the mixture).
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/residual_term_ab.py
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -17,25 +19,38 @@ import torch
 import dagmm
 
 
-def main(repeats: int = 5) -> None:
-    torch.set_num_threads(1)
+def run(f: int, rows: int, repeats: int) -> None:
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(20000, 121)).astype(np.float32)
-    T = rng.normal(size=(200000, 121)).astype(np.float32)
+    X = rng.normal(size=(20000, f)).astype(np.float32)
+    T = rng.normal(size=(rows, f)).astype(np.float32)
     od = dagmm.OutlierAEGMM().fit(X, epochs=1, verbose=False, seed=0)
-    scale = od.error_scale_
-    times: dict[str, list[float]] = {"energy + residual term": [], "energy only": []}
+    fitted = {k: getattr(od, k) for k in ("error_scale_", "residual_mean_", "residual_prec_chol_")}
+    variants = {"full covariance": fitted,
+                "diagonal": {**fitted, "residual_mean_": None, "residual_prec_chol_": None},
+                "energy only": dict.fromkeys(fitted)}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
-        for name in times:
-            od.error_scale_ = scale if name.startswith("energy +") else None
+        for name, attrs in variants.items():
+            for k, v in attrs.items():
+                setattr(od, k, v)
             t0 = time.perf_counter()
             od.score(T)
             times[name].append(time.perf_counter() - t0)
-    print("| score of 200,000 x 121 | median (s) | runs (s) |\n|---|---:|---|")
+    base = np.median(times["energy only"])
+    print(f"\n| score of {rows:,} x {f} | median (s) | to energy only | runs (s) |\n|---|---:|---:|---|")
     for name, v in times.items():
-        print(f"| {name} | {np.median(v):.3f} | {', '.join(f'{x:.3f}' for x in v)} |")
-    a, b = (np.median(v) for v in times.values())
-    print(f"\nratio {a / b:.3f}")
+        print(f"| {name} | {np.median(v):.3f} | {np.median(v) / base:.3f} | {', '.join(f'{x:.3f}' for x in v)} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--features", default="121,1000")
+    p.add_argument("--rows", default="200000,20000")
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    for f, rows in zip(map(int, a.features.split(",")), map(int, a.rows.split(","))):
+        run(f, rows, a.repeats)
 
 
 if __name__ == "__main__":

@@ -255,24 +255,49 @@ def test_bad_options():
 
 # ---------------------------------------------------------------- quality
 def test_aegmm_score_adds_the_residual_likelihood(raw_task):
-    """Default OutlierAEGMM: energy of the code + 0.5 * sum_j r_j^2 / error_scale_j, in the standardised units."""
+    """Default OutlierAEGMM: energy of the code + the residual's Gaussian NLL, in the standardised units:
+    full covariance (Ledoit-Wolf, against scikit-learn) by default, diagonal with error_scale_ alone."""
+    from sklearn.covariance import LedoitWolf
+
     X_train, X_test, _ = raw_task
     od = OutlierAEGMM().fit(X_train, epochs=3, verbose=False, seed=0)
-    assert od.auto_config_["error_scale"] == "train"
+    assert od.auto_config_["error_scale"] == "train" and od.auto_config_["residual"] == "full"
     with torch.no_grad():
         recon = [od.aegmm.eval().encode(torch.from_numpy(od._checked(X)))[0].numpy() for X in (X_train, X_test)]
     # independent path: numpy float64 of the standardised rows (float32 rounding of the standardisation)
-    sq = [((X.astype(np.float64) - od.scaler_mean_) / od.scaler_scale_ - r) ** 2
-          for X, r in zip((X_train, X_test), recon)]  # (N, F) each
+    res = [(X.astype(np.float64) - od.scaler_mean_) / od.scaler_scale_ - r
+           for X, r in zip((X_train, X_test), recon)]  # (N, F) each
+    sq = [r ** 2 for r in res]
     mean = sq[0].mean(0)  # (F,)
     scale = np.maximum(mean, 0.01 * mean.mean())
     np.testing.assert_allclose(od.error_scale_, scale, rtol=1e-3)
+    lw = LedoitWolf().fit(res[0])
+    cov = lw.covariance_.copy()
+    np.fill_diagonal(cov, np.maximum(np.diag(cov), 0.01 * np.diag(cov).mean()))  # the floor, as error_scale_'s
+    d = res[1] - lw.location_
+    maha = np.einsum("ij,ij->i", d, np.linalg.solve(cov, d.T).T)
+    assert od.auto_config_["residual_shrinkage"] == pytest.approx(lw.shrinkage_, rel=1e-3, abs=1e-6)
     full = od.score(X_test)
-    od.error_scale_ = None  # what a detector saved before the term existed scores: the energy alone
+    prec_chol, res_mean = od.residual_prec_chol_, od.residual_mean_
+    od.residual_prec_chol_ = od.residual_mean_ = None  # what wide tables (and files saved before it) score
+    diag = od.score(X_test)
+    od.error_scale_ = None  # what a detector saved before either term existed scores: the energy alone
     energy = od.score(X_test)
-    # the difference is the residual term; float32-rounded residuals and standardisation: 1e-3 relative
-    np.testing.assert_allclose(full - energy, 0.5 * (sq[1] / scale).sum(1), rtol=1e-3, atol=1e-3)
-    assert OutlierAEGMM(architecture="paper").fit(X_train, epochs=1, verbose=False, seed=0).error_scale_ is None
+    # the differences are the residual terms; float32-rounded residuals, standardisation and P: 1e-3 relative
+    np.testing.assert_allclose(full - energy, 0.5 * maha, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(diag - energy, 0.5 * (sq[1] / scale).sum(1), rtol=1e-3, atol=1e-3)
+    assert prec_chol.shape == (X_train.shape[1],) * 2 and np.allclose(prec_chol, np.triu(prec_chol))
+    assert res_mean.dtype == np.float64 and prec_chol.dtype == np.float32
+    paper = OutlierAEGMM(architecture="paper").fit(X_train, epochs=1, verbose=False, seed=0)
+    assert paper.error_scale_ is None and paper.residual_prec_chol_ is None
+
+
+def test_aegmm_residual_covariance_is_diagonal_above_the_limit():
+    from dagmm.training.auto import FULL_RESIDUAL_MAX_FEATURES
+
+    assert aegmm_config(1000, (FULL_RESIDUAL_MAX_FEATURES,))["residual"] == "full"
+    assert aegmm_config(1000, (FULL_RESIDUAL_MAX_FEATURES + 1,))["residual"] == "diagonal"
+    assert aegmm_config(1000, (3, 32, 32))["residual"] == "diagonal"  # 3,072 values per row
 
 
 def test_defaults_beat_the_paper_configuration(raw_task):

@@ -246,14 +246,17 @@ def test_reconstructor_refuses_inputs_it_does_not_take(kernel_calls):
 
 
 # -------------------------------------------------------------------- scoring
-@pytest.mark.parametrize("architecture", ["paper", "auto"])
+@pytest.mark.parametrize("architecture", ["paper", "auto", "auto-diagonal"])
 def test_aegmm_scoring_kernel_matches_the_module_path(tabular, architecture, monkeypatch):
-    """One C call per batch (encoder, decoder, features, energy) gives the module path's energies."""
+    """One C call per batch (encoder, decoder, features, energy, residual term) gives the module path's
+    energies: no residual term (paper), the full-covariance one (auto), the diagonal one (auto-diagonal)."""
     from dagmm import OutlierAEGMM
 
     X_train, X_test, _ = tabular
-    od = OutlierAEGMM(n_gmm=3, architecture=architecture).fit(X_train[:400], epochs=2, batch_size=100,
-                                                              verbose=False, seed=0)
+    od = OutlierAEGMM(n_gmm=3, architecture=architecture.split("-")[0]).fit(
+        X_train[:400], epochs=2, batch_size=100, verbose=False, seed=0)
+    if architecture == "auto-diagonal":
+        od.residual_mean_ = od.residual_prec_chol_ = None
     calls = _spy_on_kernels(monkeypatch)
     got = od.score(X_test, batch_size=64)
     assert set(calls) == {"aegmm_energy"} and len(calls) == -(-len(X_test) // 64)
@@ -265,9 +268,12 @@ def test_aegmm_scoring_kernel_matches_the_module_path(tabular, architecture, mon
     with torch.no_grad():  # the same energy formula of the module path's z (float64 mixture algebra)
         x_recon, z = od.aegmm.eval().encode(torch.from_numpy(xs))
     energy = sample_energy(z, od.phi_, od.mu_, od.prec_chol_).numpy()
-    assert (od.error_scale_ is not None) == (architecture == "auto")
-    if architecture == "auto":  # the residual's Gaussian term, written out in numpy
-        energy = energy + 0.5 * ((xs.astype(np.float64) - x_recon.numpy()) ** 2 / od.error_scale_).sum(1)
+    assert (od.error_scale_ is not None) == (architecture != "paper")
+    r = xs.astype(np.float64) - x_recon.numpy()
+    if architecture == "auto":  # the residual's Gaussian terms, written out in numpy
+        energy = energy + 0.5 * (((r - od.residual_mean_) @ od.residual_prec_chol_.astype(np.float64)) ** 2).sum(1)
+    elif architecture == "auto-diagonal":
+        energy = energy + 0.5 * (r ** 2 / od.error_scale_).sum(1)
     # another float64 order of ~D*D + K + F operations (D = 3, K = 3, F = 10) on terms of size ~|energy| + D
     np.testing.assert_allclose(ref, energy, **float64_reordered(energy, 64, scale=np.abs(energy).max() + 3))
 
@@ -302,7 +308,14 @@ def test_aegmm_energy_kernel_checks_the_shapes():
     x, out, p = torch.randn(3, 5), torch.empty(3, dtype=torch.float64), torch.zeros(64, dtype=torch.float64)
     with pytest.raises(ValueError, match="the decoder must map the latent code \\(at most 62 wide\\)"):
         _lib.lib.aegmm_energy(x.data_ptr(), 3, enc.data_ptr(), 1, dec.data_ptr(), 1, 0, 1e-8, 1e-6,
-                              p.data_ptr(), p.data_ptr(), p.data_ptr(), 1, 0, out.data_ptr(), 48)
+                              p.data_ptr(), p.data_ptr(), p.data_ptr(), 1, 0, 0, out.data_ptr(), 48)
+    dec = _spec([(torch.randn(5, 2), None, 0)])
+    for w, act in ((torch.randn(4, 5), 0), (torch.randn(5, 5), 1)):  # whitening 5 -> 4, or with a tanh
+        whiten = _spec([(w, None, act)])
+        with pytest.raises(ValueError, match="the whitening layer must map the input width to itself"):
+            _lib.lib.aegmm_energy(x.data_ptr(), 3, enc.data_ptr(), 1, dec.data_ptr(), 1, 0, 1e-8, 1e-6,
+                                  p.data_ptr(), p.data_ptr(), p.data_ptr(), 1, 0, whiten.data_ptr(), out.data_ptr(),
+                                  48)
 
 
 def test_ae_scoring_takes_the_kernel_and_matches_the_modules(tabular, monkeypatch):

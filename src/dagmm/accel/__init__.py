@@ -243,7 +243,9 @@ def reconstructor(model: nn.Module) -> Optional[Callable[[torch.Tensor, torch.Te
 
 
 def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor, prec_chol: torch.Tensor,
-                  error_scale: Optional[torch.Tensor] = None) -> Optional[Callable[[torch.Tensor, torch.Tensor], bool]]:
+                  error_scale: Optional[torch.Tensor] = None, mean: Optional[torch.Tensor] = None,
+                  residual_prec_chol: Optional[torch.Tensor] = None
+                  ) -> Optional[Callable[[torch.Tensor, torch.Tensor], bool]]:
     """The sample energy of an :class:`~dagmm.models.nets.AEGMMNet` in one C call per batch, where it applies.
 
     Returns ``fn(xb, out)`` that writes the energies of float32 CPU rows ``xb``
@@ -253,8 +255,13 @@ def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor, prec_ch
     flatten), the built-in reconstruction features, a float64 CPU mixture.
     The energy is :func:`dagmm.models.gmm.sample_energy` of the latent code
     and features that ``model.encode`` computes (to float32 rounding of the
-    network), plus ``0.5 * sum_j (x_j - x'_j)^2 / error_scale_j`` in float64
-    when ``error_scale`` (F,) is given; ``x'`` is never written out.
+    network), plus the residual term of
+    :func:`dagmm.models.covariance.residual_nll`: ``0.5 * |(r - mean)
+    residual_prec_chol|^2`` when ``mean`` (F,) and ``residual_prec_chol``
+    (F, F) are given (the product in float32, as a layer of the networks,
+    the sum of squares in float64), else ``0.5 * sum_j r_j^2 /
+    error_scale_j`` in float64 when ``error_scale`` (F,) is; ``x'`` is never
+    written out.
     """
     if not _on() or type(model) is not AEGMMNet or _hooked(model):
         return None
@@ -269,9 +276,18 @@ def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor, prec_ch
         return None
     if error_scale is not None and tuple(error_scale.shape) != (enc.n_in,):
         return None
+    whiten = None  # the full residual term as a Linear layer: y = r P - mean P, weight (out, in) = P^T
+    if residual_prec_chol is not None:
+        if tuple(residual_prec_chol.shape) != (enc.n_in, enc.n_in) or tuple(mean.shape) != (enc.n_in,):
+            return None
+        p64 = residual_prec_chol.detach().double().cpu()
+        whiten = Chain([(p64.T.float().contiguous(), (-(mean.detach().double().cpu() @ p64)).float().contiguous(),
+                         lib.ACT_NONE)], False, None)
+        error_scale = None
     prec_t, offset, const = (t.contiguous() for t in energy_terms(phi, mu, prec_chol))
     enc_spec, dec_spec, width = enc.spec(), dec.spec(), enc.n_in
     inv_var = None if error_scale is None else (1.0 / error_scale.detach().double().cpu()).contiguous()  # (F,)
+    whiten_spec = None if whiten is None else whiten.spec()
 
     def energy(xb: torch.Tensor, out: torch.Tensor) -> bool:
         rows = _rows(xb, width) if xb.dim() == 2 else None
@@ -280,10 +296,12 @@ def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor, prec_ch
             return False
         lib.aegmm_energy(rows.data_ptr(), rows.shape[0], enc_spec.data_ptr(), len(enc.layers), dec_spec.data_ptr(),
                          len(dec.layers), mode, RECON_EPS, LOG_MSE_EPS, prec_t.data_ptr(), offset.data_ptr(),
-                         const.data_ptr(), k, 0 if inv_var is None else inv_var.data_ptr(), out.data_ptr(), lib.TILE)
+                         const.data_ptr(), k, 0 if inv_var is None else inv_var.data_ptr(),
+                         0 if whiten is None else whiten_spec.data_ptr(), out.data_ptr(), lib.TILE)
         return True
 
-    return energy  # its closure holds enc, dec and inv_var, so the tensors behind their pointers live as long as it
+    # the closure holds enc, dec, inv_var and whiten, so the tensors behind their pointers live as long as it
+    return energy
 
 
 # ----------------------------------------------------------------- training

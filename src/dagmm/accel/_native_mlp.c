@@ -168,7 +168,9 @@ PyObject *py_mlp_forward(PyObject *self, PyObject *args)
  * recon_forward of _native.c (the training kernels' code for the same features), then in float64 E(z) = -log sum_k exp(c_k - |P_k^T z - P_k^T mu_k|^2 / 2), the
  * formula of dagmm.models.gmm.sample_energy (c_k = log phi_k + log det P_k - d log(2 pi) / 2), plus, when
  * inv_var is given (f,), the residual's Gaussian term 0.5 sum_j (x_j - x'_j)^2 inv_var_j in float64
- * (OutlierAEGMM's error_scale_). */
+ * (OutlierAEGMM's error_scale_), or, when the whitening layer W is given (f -> f, weight P^T, bias -mean P),
+ * its full-covariance form 0.5 |(x - x') P - mean P|^2: the product by layer() in float32 like the networks',
+ * the sum of squares in float64 (dagmm.models.covariance.residual_nll). */
 typedef struct {
     int k, d;
     const double *pt;  /* (k, d, d): P_k^T */
@@ -207,8 +209,8 @@ static inline void energy_rows(const float *lat, Py_ssize_t ldl, int nl_lat, con
 
 KERNEL_FMA static void aegmm_energy(const float *restrict x, Py_ssize_t n, const Layer *E, int ne, const Layer *D,
                                     int nd, int mode, double eps, double log_eps, const Mixture *g,
-                                    const double *restrict inv_var, double *restrict out, Py_ssize_t tile,
-                                    float *restrict work, Py_ssize_t wide)
+                                    const double *restrict inv_var, const Layer *W, double *restrict out,
+                                    Py_ssize_t tile, float *restrict work, Py_ssize_t wide)
 {
     float *buf[2] = {work, work + tile * wide}, *lat = work + 2 * tile * wide;
     float *feat = lat + tile * E[ne - 1].ow;
@@ -221,7 +223,23 @@ KERNEL_FMA static void aegmm_energy(const float *restrict x, Py_ssize_t n, const
         const float *rec = run_tile(D, nd, lat, ldl, rows, buf, NULL, 0, &ldr);
         recon_forward(xt, rec, ldr, rows, f, 0, mode, eps, log_eps, feat, NULL);
         energy_rows(lat, ldl, (int)nlat, feat, rows, g, out + t0);
-        if (inv_var)
+        if (W) {
+            /* the residual overwrites x' in its buffer (nothing reads x' after the features); the product
+               goes to the other buffer, which the decoder's widest layer sized for W's padded width */
+            float *res = (float *)rec, *y = buf[(nd & 1)];
+            for (Py_ssize_t r = 0; r < rows; r++)
+                for (Py_ssize_t j = 0; j < f; j++)
+                    res[r * ldr + j] = xt[r * f + j] - res[r * ldr + j];
+            layer(res, ldr, rows, W->in, W->wt, W->ow, W->b, ACT_NONE, y, W->ow);
+            for (Py_ssize_t r = 0; r < rows; r++) {
+                double s = 0.0;
+                for (Py_ssize_t j = 0; j < f; j++) {
+                    const double e = (double)y[r * W->ow + j];
+                    s += e * e;
+                }
+                out[t0 + r] += 0.5 * s;
+            }
+        } else if (inv_var)
             for (Py_ssize_t r = 0; r < rows; r++) {
                 double s = 0.0;
                 for (Py_ssize_t j = 0; j < f; j++) {
@@ -233,17 +251,18 @@ KERNEL_FMA static void aegmm_energy(const float *restrict x, Py_ssize_t n, const
     }
 }
 
-/* aegmm_energy(x, n, enc_spec, n_enc, dec_spec, n_dec, mode, eps, log_eps, pt, off, c, k, inv_var or 0, out, tile) */
+/* aegmm_energy(x, n, enc_spec, n_enc, dec_spec, n_dec, mode, eps, log_eps, pt, off, c, k, inv_var or 0,
+                whiten_spec or 0, out, tile) */
 PyObject *py_aegmm_energy(PyObject *self, PyObject *args)
 {
-    unsigned long long xp, ep, dp, ptp, offp, cp, vp, op;
+    unsigned long long xp, ep, dp, ptp, offp, cp, vp, wp, op;
     Py_ssize_t n, tile;
     int ne, nd, mode, k;
     double eps, log_eps;
-    Layer E[DAGMM_MAX_LAYERS], D[DAGMM_MAX_LAYERS];
+    Layer E[DAGMM_MAX_LAYERS], D[DAGMM_MAX_LAYERS], W;
     (void)self;
-    if (!PyArg_ParseTuple(args, "KnKiKiiddKKKiKKn", &xp, &n, &ep, &ne, &dp, &nd, &mode, &eps, &log_eps, &ptp, &offp,
-                          &cp, &k, &vp, &op, &tile) ||
+    if (!PyArg_ParseTuple(args, "KnKiKiiddKKKiKKKn", &xp, &n, &ep, &ne, &dp, &nd, &mode, &eps, &log_eps, &ptp,
+                          &offp, &cp, &k, &vp, &wp, &op, &tile) ||
         check_layers("aegmm_energy", ne, tile) < 0 || check_layers("aegmm_energy", nd, tile) < 0)
         return NULL;
     const int64_t *es = (const int64_t *)(uintptr_t)ep, *ds = (const int64_t *)(uintptr_t)dp;
@@ -254,6 +273,12 @@ PyObject *py_aegmm_energy(PyObject *self, PyObject *args)
                      DAGMM_MAX_K);
         return NULL;
     }
+    const int64_t *ws = (const int64_t *)(uintptr_t)wp;
+    if (ws && (ws[0] != es[0] || ws[1] != es[0] || ws[4] != ACT_NONE)) {
+        PyErr_SetString(PyExc_ValueError, "aegmm_energy: the whitening layer must map the input width to itself, "
+                                          "with no activation");
+        return NULL;
+    }
     const Py_ssize_t wide_e = describe_layers(es, ne, E), wide_d = describe_layers(ds, nd, D);
     const Py_ssize_t wide = wide_e > wide_d ? wide_e : wide_d;
     /* work space: two (tile, wide) buffers for the activations, the latent code, the features */
@@ -261,17 +286,24 @@ PyObject *py_aegmm_energy(PyObject *self, PyObject *args)
     float *work_e, *work_d;
     float *mem_e = pack_layers(es, ne, E, 0, &work_e);
     float *mem_d = mem_e ? pack_layers(ds, nd, D, extra, &work_d) : NULL;
-    if (!mem_d) {
+    float *mem_w = NULL, *unused;
+    if (mem_d && ws) {
+        describe_layers(ws, 1, &W);
+        mem_w = pack_layers(ws, 1, &W, 0, &unused);
+    }
+    if (!mem_d || (ws && !mem_w)) {
         free(mem_e);
+        free(mem_d);
         return NULL;
     }
     Mixture g = {k, (int)lat + 2, (const double *)(uintptr_t)ptp, (const double *)(uintptr_t)offp,
                  (const double *)(uintptr_t)cp};
     Py_BEGIN_ALLOW_THREADS
     aegmm_energy((const float *)(uintptr_t)xp, n, E, ne, D, nd, mode, eps, log_eps, &g, (const double *)(uintptr_t)vp,
-                 (double *)(uintptr_t)op, tile, work_d, wide);
+                 ws ? &W : NULL, (double *)(uintptr_t)op, tile, work_d, wide);
     Py_END_ALLOW_THREADS
     free(mem_e);
     free(mem_d);
+    free(mem_w);
     Py_RETURN_NONE;
 }

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import accel
-from .._validation import check_array, check_percent, check_positive_int
+from .._validation import check_percent, check_positive_int
 from .base import DEFAULT_SCORE_BATCH, BaseDetector, seeded
 from ..models.features import default_recon_features, log_mse_cosine
 from ..models.gmm import (
@@ -23,6 +23,7 @@ from ..models.gmm import (
     precision_cholesky,
     sample_energy,
 )
+from ..models.covariance import residual_nll
 from ..models.mixture import select_mixture
 from ..training.auto import AUTO_LR, aegmm_config, check_standardize, resolve_schedule
 from ..models.losses import loss_aegmm
@@ -55,15 +56,17 @@ class OutlierAEGMM(BaseDetector):
     sample energy ``-log sum_k phi_k N(z; mu_k, Sigma_k)`` under a mixture
     estimated on the whole training set: for ``architecture='auto'`` a
     maximum-likelihood mixture of the training codes fitted by EM after
-    training, with 1 to 16 components chosen by BIC
+    training, with 1 to 64 components chosen by BIC
     (:func:`dagmm.models.mixture.select_mixture`; ``auto_config_['mixture_fit']``
     records the choice); with user nets and ``architecture='paper'`` the
     estimation network's memberships, as in the paper.  For
     ``architecture='auto'`` the score also counts the reconstruction as a
-    likelihood: ``0.5 * sum_j (x_j - x'_j)^2 / s_j``, the negative log-density
-    of the residual under independent Gaussians whose variances ``s``
-    (``error_scale_``) are each feature's mean squared error on the training
-    rows, so the score is ``-log p(z) - log p(x | x')`` up to a constant.
+    likelihood: the negative log-density of the residual ``r = x - x'`` under
+    a Gaussian fitted to the training residuals (a Ledoit-Wolf shrunk full
+    covariance, ``residual_mean_`` and ``residual_prec_chol_``; above 2,048
+    columns independent columns with variances ``error_scale_``, each
+    feature's mean squared training error), so the score is ``-log p(z) -
+    log p(x | x')`` up to a constant.
 
     Parameters
     ----------
@@ -123,6 +126,13 @@ class OutlierAEGMM(BaseDetector):
         error on the training rows (standardised units, floored at 0.01 of
         their mean), the variances of the residual term of the score; None
         otherwise (and for detectors saved before it existed): energy only.
+    residual_mean_ : float64 ndarray (F,) or None; residual_prec_chol_ : float32 ndarray (F, F) or None
+        ``architecture='auto'`` with at most ``FULL_RESIDUAL_MAX_FEATURES``
+        (2,048) input values per row: the mean of the training residuals
+        ``x - x'`` and the upper factor ``P`` of the inverse of their
+        Ledoit-Wolf covariance (variances floored as ``error_scale_``); the
+        score's residual term is then ``0.5 * |(r - mean) P|^2`` instead of
+        the diagonal one.  None otherwise.
     """
 
     def __init__(
@@ -360,9 +370,13 @@ class OutlierAEGMM(BaseDetector):
             "lr": lr if optimizer is None else None, "recon_features": getattr(self._recon_fn(), "__name__", None),
         }
         self.feature_shape_ = tuple(X.shape[1:])
-        self.error_scale_ = None
+        self.error_scale_ = self.residual_mean_ = self.residual_prec_chol_ = None
         if (config or {}).get("error_scale") == "train":
             self.error_scale_ = self._training_error_scale(X, config["error_floor"], self._reconstruct_into())
+        if (config or {}).get("residual") == "full":
+            self.residual_mean_, self.residual_prec_chol_, shrinkage = self._training_residual_gaussian(
+                X, config["error_floor"], self._reconstruct_into())
+            self.auto_config_["residual_shrinkage"] = round(shrinkage, 6)
         if (config or {}).get("mixture") == "em":
             self.auto_config_["mixture_fit"] = self._fit_mixture_em(X, config["mixture_components"],
                                                                     config["em_reg"], seed)
@@ -455,11 +469,27 @@ class OutlierAEGMM(BaseDetector):
 
         return recon_into
 
+    def _residual_model(self) -> dict:
+        """Keyword arguments of :func:`dagmm.models.covariance.residual_nll` as float64 tensors on the device:
+        the full covariance's ``mean`` and ``prec_chol``, else ``error_scale``; empty for the energy alone
+        (the paper architecture, user nets, detectors saved before these existed)."""
+        def dev(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(a)).to(self.device).double()
+
+        if getattr(self, "residual_prec_chol_", None) is not None:
+            return {"mean": dev(self.residual_mean_).flatten(), "prec_chol": dev(self.residual_prec_chol_)}
+        if getattr(self, "error_scale_", None) is not None:
+            return {"error_scale": dev(self.error_scale_).flatten()}
+        return {}
+
     def score(self, X: Any, batch_size: int = DEFAULT_SCORE_BATCH) -> np.ndarray:
         """Sample energies, shape (N,), float64; higher is more anomalous.
 
-        With ``error_scale_`` (the default architecture) the energy includes
-        the residual term ``0.5 * sum_j (x_j - x'_j)^2 / error_scale_j``.
+        The default architecture adds the residual's Gaussian term: ``0.5 *
+        |(r - residual_mean_) residual_prec_chol_|^2`` with ``r = x - x'``
+        (standardised units), or with ``error_scale_`` alone (tables above
+        ``FULL_RESIDUAL_MAX_FEATURES`` columns) ``0.5 * sum_j r_j^2 /
+        error_scale_j``.
 
         X is in the units of the training data; the detector's standardisation
         (if any) is applied here.  Memory is bounded by ``batch_size`` rows at a time.
@@ -470,17 +500,17 @@ class OutlierAEGMM(BaseDetector):
         model = self.aegmm
         plain, latent = self._encode_fn()
 
-        error_scale = getattr(self, "error_scale_", None)  # None for detectors saved before it existed
-        var = None if error_scale is None else torch.from_numpy(error_scale).to(self.device).double().flatten()
+        residual = self._residual_model()
         # the whole energy in one C call per batch where the model and data allow
-        kernel = accel.energy_scorer(model, phi, mu, prec, var) if plain else None
+        kernel = accel.energy_scorer(model, phi, mu, prec, residual.get("error_scale"), residual.get("mean"),
+                                     residual.get("prec_chol")) if plain else None
 
         def energy(xb: torch.Tensor, out: torch.Tensor) -> None:
             if kernel is None or not kernel(xb, out):
                 x_recon, z = latent(xb)
                 e = sample_energy(z, phi, mu, prec)  # (N,) float64
-                if var is not None:  # the residual's Gaussian term, in float64 like the mixture's
-                    e = e + 0.5 * (xb.flatten(1).double() - x_recon.flatten(1).double()).square().div(var).sum(1)
+                if residual:  # the residual's Gaussian term, in float64 like the mixture's
+                    e = e + residual_nll(xb.double() - x_recon.double(), **residual)
                 out.copy_(e)
 
         out = self._batched_into(energy, X, batch_size, (), torch.float64)

@@ -11,6 +11,7 @@ import torch
 from ..accel import for_each_batch, workers_for
 from .._validation import align_columns, check_array, check_positive_int, column_names
 from ..training.scaling import apply_scaling, fit_scaling
+from ..models.covariance import CentredMoments, floor_diagonal, ledoit_wolf, whitening_factor
 from .._version import __version__
 
 __all__ = ["BaseDetector", "NotFittedError", "resolve_device", "seeded"]
@@ -160,6 +161,16 @@ class BaseDetector:
             host_t.copy_(buf)  # the one device-to-host transfer
         return host
 
+    def _residuals(self, X: np.ndarray, reconstruct_into: Callable[[torch.Tensor, torch.Tensor], None],
+                   batch_size: int = DEFAULT_SCORE_BATCH) -> Iterator[torch.Tensor]:
+        """The reconstruction residuals ``x - x'`` of X (network units), batch by batch, float32 (n, F)."""
+        for start in range(0, len(X), batch_size):
+            xb = torch.from_numpy(X[start:start + batch_size]).to(self.device)
+            out = torch.empty_like(xb)
+            with torch.inference_mode():
+                reconstruct_into(xb, out)
+                yield torch.sub(xb, out).flatten(1)
+
     def _training_error_scale(self, X: np.ndarray, floor: float,
                               reconstruct_into: Callable[[torch.Tensor, torch.Tensor], None],
                               batch_size: int = DEFAULT_SCORE_BATCH) -> np.ndarray:
@@ -172,15 +183,33 @@ class BaseDetector:
         are floored at ``floor`` times their mean (and at 1e-12) so that a
         column reconstructed perfectly cannot dominate.
         """
-        total = np.zeros(X.shape[1:], dtype=np.float64)
-        for start in range(0, len(X), batch_size):
-            xb = torch.from_numpy(X[start:start + batch_size]).to(self.device)
-            out = torch.empty_like(xb)
-            with torch.inference_mode():
-                reconstruct_into(xb, out)
-                total += torch.sub(xb, out).square().double().sum(0).cpu().numpy()
-        mean = total / len(X)
+        total = torch.zeros(int(np.prod(X.shape[1:])), dtype=torch.float64)
+        for r in self._residuals(X, reconstruct_into, batch_size):
+            total += r.square().double().sum(0).cpu()
+        mean = total.numpy().reshape(X.shape[1:]) / len(X)
         return np.maximum(mean, max(floor * float(mean.mean()), 1e-12)).astype(np.float32)
+
+    def _training_residual_gaussian(self, X: np.ndarray, floor: float,
+                                    reconstruct_into: Callable[[torch.Tensor, torch.Tensor], None],
+                                    batch_size: int = DEFAULT_SCORE_BATCH) -> tuple[np.ndarray, np.ndarray, float]:
+        """A full-covariance Gaussian of the training residuals ``x - x'`` (network units), in two passes over X.
+
+        Returns ``(mean (F,) float64, prec_chol (F, F) float32, shrinkage)``:
+        the residuals' mean, the upper factor of their Ledoit-Wolf covariance's
+        inverse (:func:`dagmm.models.covariance.whitening_factor`, variances
+        floored at ``floor`` times their mean as :meth:`_training_error_scale`
+        does) and the Ledoit-Wolf shrinkage chosen.
+        """
+        total = None
+        for r in self._residuals(X, reconstruct_into, batch_size):
+            part = r.double().sum(0).cpu()
+            total = part if total is None else total + part
+        moments = CentredMoments(total / len(X))
+        for r in self._residuals(X, reconstruct_into, batch_size):
+            moments.add(r.cpu())
+        cov, shrinkage = ledoit_wolf(moments)
+        prec_chol = whitening_factor(floor_diagonal(cov, floor))
+        return moments.centre.numpy(), prec_chol.float().numpy(), shrinkage
 
     @staticmethod
     def _percentile(scores: np.ndarray, threshold_perc: float) -> float:

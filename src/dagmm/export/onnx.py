@@ -33,6 +33,7 @@ from ..detectors.ae import OutlierAE, n_top_features
 from ..detectors.aegmm import OutlierAEGMM
 from ..detectors.base import NotFittedError
 from ..detectors.estimator import DAGMM
+from ..models.covariance import residual_nll
 from ..models.gmm import energy_terms, log_prob_from_terms
 from ..models.nets import AEGMMNet
 
@@ -68,26 +69,29 @@ class _Scaling(nn.Module):
 
 class _EnergyGraph(nn.Module):
     """Sample energy ``-logsumexp_k (c_k - |P_k^T (z - mu_k)|^2 / 2)`` of the model's ``z``, float64 (N,),
-    plus ``0.5 * sum_j (x_j - x'_j)^2 / s_j`` when the detector has ``error_scale_`` ``s``."""
+    plus the residual term of :func:`dagmm.models.covariance.residual_nll` when the detector has one
+    (``residual``: its keyword arguments, as ``OutlierAEGMM._residual_model`` gives them)."""
 
     def __init__(self, model: nn.Module, scaling: _Scaling, phi: torch.Tensor, mu: torch.Tensor,
-                 prec_chol: torch.Tensor, error_scale: Optional[np.ndarray] = None) -> None:
+                 prec_chol: torch.Tensor, residual: Optional[dict] = None) -> None:
         super().__init__()
         self.model, self.scaling = model, scaling
         self.plain = type(model) is AEGMMNet  # encode skips the estimation network, as score does
         terms = energy_terms(phi.double().cpu(), mu.double().cpu(), prec_chol.double().cpu())
         for name, t in zip(("prec_t", "offset", "const"), terms):  # (K, D, D), (K, D), (K,)
             self.register_buffer(name, t.contiguous())
-        self.register_buffer("var", None if error_scale is None else torch.from_numpy(
-            np.asarray(error_scale, np.float64).reshape(-1)))  # (F,)
+        self.residual = sorted(residual or {})
+        for name in self.residual:  # error_scale (F,), or mean (F,) and prec_chol (F, F); float64
+            self.register_buffer(f"residual_{name}", residual[name].detach().double().cpu().contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.scaling(x)
         x_recon, z = self.model.encode(x) if self.plain else self.model(x)[:2]
         # the formula of dagmm.models.gmm.sample_energy, its terms constants of the graph
         e = -torch.logsumexp(log_prob_from_terms(z.double().T, self.prec_t, self.offset, self.const), dim=0)
-        if self.var is not None:  # the residual's Gaussian term of OutlierAEGMM.score, float64 as there
-            e = e + 0.5 * (x.flatten(1).double() - x_recon.flatten(1).double()).square().div(self.var).sum(1)
+        if self.residual:  # the residual's Gaussian term of OutlierAEGMM.score, float64 as there
+            terms = {n: getattr(self, f"residual_{n}") for n in self.residual}
+            e = e + residual_nll(x.double() - x_recon.double(), **terms)
         return e
 
 
@@ -136,7 +140,7 @@ def _graph(detector: Any, outlier_perc: float) -> tuple[nn.Module, tuple, list[s
     if isinstance(detector, OutlierAEGMM):
         net = copy.deepcopy(detector.aegmm).cpu().eval()
         graph = _EnergyGraph(net, scaling, detector.phi_, detector.mu_, detector.prec_chol_,
-                             getattr(detector, "error_scale_", None))
+                             detector._residual_model())
         return graph, example, ["instance_score"], meta
     n_features = math.prod(row_shape)
     k = n_top_features(outlier_perc, n_features)

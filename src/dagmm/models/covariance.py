@@ -1,0 +1,128 @@
+"""A shrunk covariance of many columns from streamed rows (float64): the residual model of ``OutlierAEGMM``.
+
+The reconstruction residuals ``r = x - x'`` of an auto-encoder are correlated
+across columns (columns that move together are missed together), so their
+Gaussian negative log-likelihood is taken under a full covariance.  With
+``F`` columns and not many more rows than ``F`` the sample covariance is
+noisy or singular; Ledoit and Wolf's shrinkage towards ``mu * I``
+(O. Ledoit and M. Wolf, "A well-conditioned estimator for large-dimensional
+covariance matrices", J. Multivariate Analysis 88, 2004) picks the weight
+of the target from the data, with no parameter to tune.
+
+The statistics are sums over rows, so any number of rows is handled batch by
+batch: :class:`CentredMoments` accumulates them about a fixed centre.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .gmm import cholesky_with_jitter, precision_cholesky
+
+__all__ = ["CentredMoments", "ledoit_wolf", "floor_diagonal", "whitening_factor", "residual_nll"]
+
+
+@dataclass
+class CentredMoments:
+    """Sums over rows of ``c = x - centre``: ``n``, ``outer = sum c c^T`` and ``outer_sq = sum (c*c)(c*c)^T``.
+
+    Parameters
+    ----------
+    centre : (F,) float64 tensor
+        The point the rows are centred on (their mean, from a first pass).
+    """
+
+    centre: torch.Tensor
+    n: int = 0
+    outer: Optional[torch.Tensor] = field(default=None, repr=False)     # (F, F)
+    outer_sq: Optional[torch.Tensor] = field(default=None, repr=False)  # (F, F)
+
+    def add(self, rows: torch.Tensor) -> None:
+        """Add ``rows`` (N, F), any float dtype and device; the sums are float64."""
+        c = rows.double() - self.centre.to(rows.device)  # (N, F)
+        sq = c * c
+        outer, outer_sq = c.T @ c, sq.T @ sq
+        if self.outer is None:
+            self.outer, self.outer_sq = outer, outer_sq
+        else:
+            self.outer += outer
+            self.outer_sq += outer_sq
+        self.n += int(rows.shape[0])
+
+
+def ledoit_wolf(moments: CentredMoments) -> tuple[torch.Tensor, float]:
+    """Ledoit-Wolf shrunk covariance ``(1 - s) S + s mu I`` of the accumulated rows.
+
+    ``S`` is the sample covariance about the centre (divided by ``n``, the
+    maximum-likelihood one), ``mu = trace(S) / F``, and the shrinkage ``s``
+    in [0, 1] is the estimate of the 2004 paper: the estimated variance of
+    ``S``'s entries over their squared distance from ``mu I``.
+
+    Returns
+    -------
+    cov : (F, F) float64 tensor
+    shrinkage : float
+    """
+    n = moments.n
+    if n < 1 or moments.outer is None:
+        raise ValueError("ledoit_wolf: no rows were accumulated.")
+    f = moments.outer.shape[0]
+    s = moments.outer / n  # (F, F)
+    trace = float(torch.diagonal(s).sum())
+    mu = trace / f
+    # squared Frobenius distance of S from mu I, per column: sum(S^2) - 2 mu trace + F mu^2
+    delta = (float(s.square().sum()) - 2.0 * mu * trace + f * mu * mu) / f
+    # estimated variance of S's entries: (sum_i |c_i c_i^T|_F^2 / n - |S|_F^2) / (F n)
+    beta = (float(moments.outer_sq.sum()) / n - float(s.square().sum())) / (f * n)
+    shrinkage = 0.0 if delta <= 0.0 else min(max(beta, 0.0), delta) / delta
+    cov = (1.0 - shrinkage) * s
+    cov.diagonal().add_(shrinkage * mu)
+    return cov, float(shrinkage)
+
+
+def floor_diagonal(cov: torch.Tensor, floor: float) -> torch.Tensor:
+    """``cov`` with each variance raised to at least ``floor`` times their mean (and 1e-12), in place.
+
+    As ``OutlierAE``'s error scales: a column the auto-encoder reconstructs
+    (almost) exactly on the training rows would otherwise turn the smallest
+    deviation into an unbounded score.
+    """
+    diag = cov.diagonal()
+    low = max(floor * float(diag.mean()), 1e-12)
+    diag.add_((low - diag).clamp_min(0.0))
+    return cov
+
+
+def whitening_factor(cov: torch.Tensor) -> torch.Tensor:
+    """Upper factor ``P`` (F, F) with ``P P^T = cov^-1``, so ``|(r - m) P|^2`` is the squared Mahalanobis distance.
+
+    Float64 Cholesky with tenfold jitter on failure (from ``1e-12`` times the
+    mean variance), then a triangular solve; never an explicit inverse.
+    """
+    eps = 1e-12 * max(float(cov.diagonal().mean()), 1e-300)
+    chol, _ = cholesky_with_jitter(cov.double()[None], eps, max_tries=8)  # (1, F, F)
+    return precision_cholesky(chol)[0]
+
+
+def residual_nll(residual: torch.Tensor, error_scale: Optional[torch.Tensor] = None,
+                 mean: Optional[torch.Tensor] = None, prec_chol: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The residual's Gaussian negative log-likelihood up to its constant, float64, shape (N,).
+
+    ``0.5 * |(r - mean) prec_chol|^2`` with a full covariance (``mean`` (F,)
+    and ``prec_chol`` (F, F) from :func:`whitening_factor`), else
+    ``0.5 * sum_j r_j^2 / error_scale_j`` with independent columns.
+
+    Parameters
+    ----------
+    residual : (N, F) tensor
+        ``x - x'``, in the network's units.
+    """
+    r = residual.flatten(1).double()  # (N, F)
+    if prec_chol is not None:
+        return 0.5 * ((r - mean.double()) @ prec_chol.double()).square().sum(1)
+    if error_scale is None:
+        raise ValueError("residual_nll: give error_scale or mean and prec_chol.")
+    return 0.5 * r.square().div(error_scale.double().flatten()).sum(1)
