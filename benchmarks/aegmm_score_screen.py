@@ -1,7 +1,8 @@
 """Screen other scores of one trained ``OutlierAEGMM()`` per table (development aid, issue 19).
 
 Trains the default ``OutlierAEGMM()`` once per (table, seed) under the protocol of ``benchmarks/adbench.py``
-and scores the test rows several ways, paired (the same net, only the score differs):
+and scores the test rows several ways, paired (the same net, only the score differs); ``--screen score`` (the
+default, 2026-12-04, run when the detector scored the energy alone):
 
 - ``default``: the energy alone (BIC-chosen mixture of the code and the reconstruction features), the
   detector's score until 2026-12-04 (``error_scale_`` is set to None for it);
@@ -18,13 +19,32 @@ and scores the test rows several ways, paired (the same net, only the score diff
 - ``joint``: a BIC-chosen mixture of the code and ``log msn`` (the error in the units ``OutlierAE()``
   scores, in place of the relative Euclidean distance and cosine).
 
-    OMP_NUM_THREADS=1 nice python benchmarks/aegmm_score_screen.py --suite both --seeds 0,1,2 --jsonl J
+``--screen mixture`` (2026-12-04, the then-default with the diagonal residual term and 1-16 components):
+
+- ``default``: the detector's score then (BIC mixture among 1-16 components + the diagonal residual NLL);
+- ``maha``: the same mixture's energy + half the squared Mahalanobis distance of the signed residual under
+  its Ledoit-Wolf training covariance (the full-covariance Gaussian NLL, nats);
+- ``k64`` / ``k64+maha``: the mixture chosen by BIC among 1-64 components (at least 20 rows each), with the
+  diagonal or the full-covariance residual term; ``k64r50`` / ``k64r50+maha``: at least 50 rows per
+  component; ``k128+maha``: up to 128 components;
+- ``ensN-default`` / ``ensN-k64+maha``: the mean score of N fits (member m trains with seed + 1000 m;
+  ``SCREEN_MEMBERS`` members, default 3).
+
+The number of components each mixture chose is stored as ``k_default`` / ``k64`` / ``k64r50`` / ``k128``.
+
+``--screen code`` (the default since the evening of 2026-12-04, full-covariance residual, 1-64 components): which
+part of the code the scoring mixture models, each plus the same residual term: ``default`` (``[latent,
+log mse, cosine]``), ``lat+cos`` (``[latent, cosine]``), ``lat`` (the latent code alone).
+
+    OMP_NUM_THREADS=1 nice python benchmarks/aegmm_score_screen.py [--screen mixture|code] --suite both --seeds 0,1,2 --jsonl J
     python benchmarks/aegmm_score_screen.py --report --jsonl J
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -49,9 +69,10 @@ def screen_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: int) 
     import dagmm
 
     t0 = time.perf_counter()
-    od = dagmm.OutlierAEGMM().fit(X_tr, verbose=False, seed=seed)
+    with ab.candidate_config("energy-only"):  # the default when this screen ran
+        od = dagmm.OutlierAEGMM().fit(X_tr, verbose=False, seed=seed)
     fit_s = time.perf_counter() - t0
-    od.error_scale_ = None  # the energy alone; the residual term is added below
+    od.error_scale_ = od.residual_mean_ = od.residual_prec_chol_ = None  # the energy alone; residual terms below
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = {"default": (od.score(X_tr), od.score(X_te))}
 
     def z_units(X: np.ndarray) -> np.ndarray:
@@ -84,6 +105,92 @@ def screen_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: int) 
     return {"fit_s": fit_s, "auroc": {k: ab.metrics(y_te, v[1])[0] for k, v in scores.items()}}
 
 
+def member_scores(X_tr: np.ndarray, X_te: np.ndarray, seed: int) -> tuple[dict, dict]:
+    """Scores ``name -> (train, test)`` of one default fit under each scoring, and the chosen components."""
+    import dagmm
+    from dagmm.models.mixture import select_mixture
+
+    with ab.candidate_config("diag-k16"):  # the default when this screen ran
+        od = dagmm.OutlierAEGMM().fit(X_tr, verbose=False, seed=seed)
+    cfg = od.auto_config_
+    scores = {"default": (od.score(X_tr), od.score(X_te))}
+    ks = {"k_default": cfg["mixture_fit"]["n_components"]}
+
+    def z_units(X: np.ndarray) -> np.ndarray:
+        return ((X - od.scaler_mean_) / od.scaler_scale_ if od.scaler_mean_ is not None else X).astype(np.float32)
+
+    Z_tr = z_units(X_tr)
+    od.aegmm.eval()
+    with torch.inference_mode():  # (N, F) signed residuals in z-units, and the training codes (N, D)
+        res = [(Z - od.aegmm.encode(torch.from_numpy(Z))[0].numpy()).astype(np.float64) for Z in (Z_tr, z_units(X_te))]
+        z = torch.cat([od.aegmm(torch.from_numpy(Z_tr[i:i + 8192]))[1].double() for i in range(0, len(Z_tr), 8192)])
+    m_tr, m_te = aes.mahalanobis(*res)
+    od.error_scale_ = None
+    e_def = od.score(X_tr), od.score(X_te)
+    scores["maha"] = e_def[0] + 0.5 * m_tr, e_def[1] + 0.5 * m_te
+    nll = [e - d for e, d in zip(scores["default"], e_def)]  # the diagonal residual term alone
+    for name, cands, rpc in (("k64", (1, 2, 4, 8, 16, 32, 64), 20), ("k64r50", (1, 2, 4, 8, 16, 32, 64), 50),
+                             ("k128", (1, 2, 4, 8, 16, 32, 64, 128), 20)):
+        params, info = select_mixture(z, cands, rows_per_component=rpc, reg=cfg["em_reg"], seed=seed)
+        od.set_mixture(params)
+        ks[name] = info["n_components"]
+        e = od.score(X_tr), od.score(X_te)
+        if name != "k128":
+            scores[name] = e[0] + nll[0], e[1] + nll[1]
+        scores[f"{name}+maha"] = e[0] + 0.5 * m_tr, e[1] + 0.5 * m_te
+    return scores, ks
+
+
+def mixture_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: int) -> dict:
+    t0 = time.perf_counter()
+    members = []
+    for m in range(MEMBERS):  # member m trains with seed + 1000 m; member 0 is adbench.py's run
+        members.append(member_scores(X_tr, X_te, seed + 1000 * m))
+    fit_s = (time.perf_counter() - t0) / MEMBERS
+    scores = dict(members[0][0])
+    for n in range(2, MEMBERS + 1):
+        for name in ("default", "k64+maha"):  # the mean energy of n fits (nats, the same units)
+            scores[f"ens{n}-{name}"] = tuple(np.mean([mem[0][name][i] for mem in members[:n]], 0) for i in (0, 1))
+    return {"fit_s": fit_s, **members[0][1], "auroc": {k: ab.metrics(y_te, v[1])[0] for k, v in scores.items()}}
+
+
+def code_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: int) -> dict:
+    import dagmm
+    from dagmm.models.gmm import cholesky_with_jitter, precision_cholesky, sample_energy
+    from dagmm.models.mixture import select_mixture
+
+    t0 = time.perf_counter()
+    od = dagmm.OutlierAEGMM().fit(X_tr, verbose=False, seed=seed)
+    fit_s = time.perf_counter() - t0
+    cfg = od.auto_config_
+    default = od.score(X_tr), od.score(X_te)
+    od.aegmm.eval()
+    with torch.inference_mode():
+        z = [od.aegmm(torch.from_numpy(od._checked(X)))[1].double() for X in (X_tr, X_te)]  # (N, D)
+    energy = [sample_energy(c, od.phi_, od.mu_, od.prec_chol_).numpy() for c in z]
+    residual = [s - e for s, e in zip(default, energy)]  # the residual term alone
+    d = z[0].shape[1]
+    scores = {"default": default}
+    ks = {}
+    for name, cols in (("lat+cos", [*range(d - 2), d - 1]), ("lat", list(range(d - 2)))):
+        params, info = select_mixture(z[0][:, cols], cfg["mixture_components"], reg=cfg["em_reg"], seed=seed)
+        chol, _ = cholesky_with_jitter(params.cov.double(), od.cov_eps)
+        prec = precision_cholesky(chol)
+        scores[name] = tuple(sample_energy(c[:, cols], params.phi, params.mu, prec).numpy() + r
+                             for c, r in zip(z, residual))
+        ks[f"k_{name}"] = info["n_components"]
+    return {"fit_s": fit_s, **ks, "auroc": {k: ab.metrics(y_te, v[1])[0] for k, v in scores.items()}}
+
+
+MEMBERS = int(os.environ.get("SCREEN_MEMBERS", "3"))
+SCREENS = {"score": screen_row, "mixture": mixture_row, "code": code_row}
+
+
 if __name__ == "__main__":
-    aes.screen_row = screen_row  # the same driver and report, this detector's scores
+    screen = "score"
+    if "--screen" in sys.argv:  # ours; the rest of the command line is the shared driver's
+        at = sys.argv.index("--screen")
+        screen = sys.argv[at + 1]
+        del sys.argv[at:at + 2]
+    aes.screen_row = SCREENS[screen]  # the same driver and report, this detector's scores
     aes.main()

@@ -143,3 +143,34 @@ def test_paper_nets_score_with_dropout_off_and_the_whole_training_mixture():
                for k in range(len(phi)))
     np.testing.assert_allclose(det.score(X), -np.log(dens), rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(det.score(X), det.score(X))
+
+
+def test_score_eps_adds_its_jitter_to_the_scoring_mixture_only(capsys):
+    """``--set score_eps=E``: the trained (here untrained) model's mixture is estimated again with E on the
+    covariance diagonals; the energies are scipy's under Sigma_k + E I."""
+    import numpy as np
+    import torch
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    bench = _bench()
+    rng = np.random.default_rng(1)
+    X_train, X_test = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32)
+    cfg = {**bench.CONFIGS["thyroid"], "batch": 64, "score_eps": 1e-2}
+    scores, _ = bench.run_method("untrained", cfg, X_train, X_test, seed=0)
+    model = bench.paper_dagmm(cfg, 8, seed=0).aegmm.eval()  # the same initial weights
+    with torch.no_grad():
+        _, z, gamma = model(torch.from_numpy(X_train))
+        z_test = model(torch.from_numpy(X_test))[1].double().numpy()
+    z, gamma = z.double().numpy(), gamma.double().numpy()
+    phi = gamma.mean(0)
+    mu = gamma.T @ z / gamma.sum(0)[:, None]
+    logp = [np.log(phi[k]) + multivariate_normal(mu[k], (gamma[:, k, None] * (z - mu[k])).T @ (z - mu[k])
+                                                 / gamma[:, k].sum() + 1e-2 * np.eye(3)).logpdf(z_test)
+            for k in range(len(phi))]
+    # float32 network outputs, float64 algebra in another order: 1e-5 relative
+    np.testing.assert_allclose(scores, -logsumexp(np.stack(logp), axis=0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(SystemExit):  # an unknown key names the optional ones among the choices
+        bench.main(["--set", "nosuch=1", "--datasets", "thyroid"])
+    err = capsys.readouterr().err
+    assert "unknown key 'nosuch'; choose from comp, est," in err and "constant, score_eps" in err

@@ -87,7 +87,7 @@ Why these rules (measured by ``benchmarks/defaults.py``):
   per row (the product costs ``F^2`` per row; above it the diagonal term).
   BIC chose the largest candidate, 16 components, on 18 of the 34 tables, so
   the candidates go to 64 (the C scoring kernel's limit).  On the same 34
-  tables x 3 seeds and trained nets (``benchmarks/aegmm_mixture_screen.py``):
+  tables x 3 seeds and trained nets (``benchmarks/aegmm_score_screen.py --screen mixture``):
   0.876 (diagonal, up to 16) -> 0.881 (full) -> 0.882 (full, up to 64);
   InternetAds +0.06, SpamBase +0.02, landsat +0.03, skin +0.02.
 * **OutlierAE scores in units of the typical error.**  After training, each
