@@ -105,8 +105,45 @@ def screen_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: int) 
     return {"fit_s": fit_s, "auroc": {k: ab.metrics(y_te, v[1])[0] for k, v in scores.items()}}
 
 
+def conditional_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: int) -> dict:
+    """``--screen conditional``: per-feature scores from the residuals' joint Gaussian, instance score their mean.
+
+    - ``default``: the detector's instance score (mean of ``r_j^2 / s_j``);
+    - ``cond``: the mean over features of ``(r_j - E[r_j | r_-j])^2 / Var(r_j | r_-j)`` under the Ledoit-Wolf
+      Gaussian of the training residuals (``(Lambda (r - m))_j^2 / Lambda_jj``, ``Lambda`` its precision): how
+      unexpected feature j's error is given the other features' errors, still one score per feature;
+    - ``maha``: the squared Mahalanobis distance of the residual (``--screen score``'s, for reference);
+    - ``cond-floor``: as ``cond`` with the covariance's variances floored at 0.01 of their mean (as the
+      detector's error scales).
+    """
+    import dagmm
+    from scipy.linalg import cho_factor, cho_solve
+    from sklearn.covariance import LedoitWolf
+
+    t0 = time.perf_counter()
+    od = dagmm.OutlierAE().fit(X_tr, verbose=False, seed=seed)
+    fit_s = time.perf_counter() - t0
+    scores = {"default": (od.score(X_tr)[1], od.score(X_te)[1])}
+
+    def z_units(X: np.ndarray) -> np.ndarray:
+        return (X - od.scaler_mean_) / od.scaler_scale_ if od.scaler_mean_ is not None else X
+
+    res = [(z_units(X) - z_units(od.reconstruct(X))).reshape(len(X), -1).astype(np.float64) for X in (X_tr, X_te)]
+    lw = LedoitWolf().fit(res[0])
+    scores["maha"] = lw.mahalanobis(res[0]), lw.mahalanobis(res[1])
+    for name, floor in (("cond", 0.0), ("cond-floor", 0.01)):
+        cov = lw.covariance_.copy()
+        d = np.diag(cov)
+        np.fill_diagonal(cov, np.maximum(d, floor * d.mean()))
+        prec = cho_solve(cho_factor(cov), np.eye(len(cov)))  # the precision Lambda, float64 (its diagonal is used)
+        scores[name] = tuple((((r - lw.location_) @ prec) ** 2 / np.diag(prec)).mean(1) for r in res)
+    return {"fit_s": fit_s, "auroc": {k: ab.metrics(y_te, v[1])[0] for k, v in scores.items()}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--screen", default="score", choices=("score", "conditional"),
+                   help="score: the instance scores of the module docstring; conditional: conditional_row's")
     p.add_argument("--suite", default="both")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--jsonl", default="/tmp/ae_score_screen.jsonl")
@@ -124,7 +161,8 @@ def main() -> None:
                     continue
                 X, y = ab.subsample(*load(s), s)
                 X_tr, X_te, y_te = ab.split(X, y, s)
-                row = {"table": t, "seed": s, "suite": suite, **screen_row(X_tr, X_te, y_te, s)}
+                row_fn = screen_row if a.screen == "score" else conditional_row
+                row = {"table": t, "seed": s, "suite": suite, **row_fn(X_tr, X_te, y_te, s)}
                 with path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(t, s, {k: round(v, 3) for k, v in row["auroc"].items()}, flush=True)

@@ -70,8 +70,9 @@ for _cfg in CONFIGS.values():
 COMMON = dict(activation="tanh", dropout=0.5, lambda1=0.1)
 #: Settings that exist only when set with ``--set`` (so the logs of runs made before them still resume):
 #: score_eps, the diagonal jitter added to the mixture's covariances when the trained (or untrained) model's
-#: mixture is estimated for scoring, instead of the detector's cov_eps (1e-6, which training also uses).
-OPTIONAL = {"score_eps": None}
+#: mixture is estimated for scoring, instead of the detector's cov_eps; cov_eps, the detector's jitter in
+#: training and scoring (OutlierAEGMM's default 1e-6).
+OPTIONAL = {"score_eps": None, "cov_eps": None}
 #: The anomaly ratio rho of the paper's Table 1; protocol A flags the top rho of the test energies.
 #: (The files' own ratios differ slightly: KDDCUP 97,278 / 494,021 = 0.1969, Thyroid 93 / 3,772 = 0.0247,
 #: Arrhythmia 66 / 452 = 0.146, KDDCUP-Rev 24,319 / 121,597 = 0.19999.)
@@ -198,7 +199,8 @@ def paper_dagmm(cfg: dict, n_features: int, seed: int):
     from dagmm import OutlierAEGMM
 
     enc, dec, dens = _nets(cfg, n_features, seed)
-    return OutlierAEGMM(encoder_net=enc, decoder_net=dec, gmm_density_net=dens)
+    jitter = {} if cfg.get("cov_eps") is None else {"cov_eps": float(cfg["cov_eps"])}
+    return OutlierAEGMM(encoder_net=enc, decoder_net=dec, gmm_density_net=dens, **jitter)
 
 
 def run_method(method: str, cfg: dict, X_train: np.ndarray, X_test: np.ndarray, seed: int,

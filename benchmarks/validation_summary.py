@@ -30,7 +30,7 @@ def rows(paths: list[str]) -> list[dict]:
 
 def _settings(r: dict) -> str:
     s = r.get("settings", {})
-    keys = ("scaler", "scale", "constant", "lambda2", "recon", "lr", "lr_schedule", "epochs")
+    keys = ("scaler", "scale", "constant", "lambda2", "recon", "lr", "lr_schedule", "epochs", "score_eps", "cov_eps")
     return " ".join(f"{k}={s[k]}" for k in keys if k in s)
 
 
