@@ -32,11 +32,14 @@ default, 2026-12-04, run when the detector scored the energy alone):
 
 The number of components each mixture chose is stored as ``k_default`` / ``k64`` / ``k64r50`` / ``k128``.
 
+``--screen component`` (the same default): the residual's Gaussian per mixture component; columns in
+:func:`component_row`.
+
 ``--screen code`` (the default since the evening of 2026-12-04, full-covariance residual, 1-64 components): which
 part of the code the scoring mixture models, each plus the same residual term: ``default`` (``[latent,
 log mse, cosine]``), ``lat+cos`` (``[latent, cosine]``), ``lat`` (the latent code alone).
 
-    OMP_NUM_THREADS=1 nice python benchmarks/aegmm_score_screen.py [--screen mixture|code] --suite both --seeds 0,1,2 --jsonl J
+    OMP_NUM_THREADS=1 nice python benchmarks/aegmm_score_screen.py [--screen mixture|code|component] --suite both --seeds 0,1,2 --jsonl J
     python benchmarks/aegmm_score_screen.py --report --jsonl J
 """
 
@@ -182,8 +185,66 @@ def code_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: int) ->
     return {"fit_s": fit_s, **ks, "auroc": {k: ab.metrics(y_te, v[1])[0] for k, v in scores.items()}}
 
 
+def component_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: int) -> dict:
+    """``--screen component``: the residual's Gaussian per mixture component, one joint mixture of (z, r).
+
+    - ``default``: the detector's score (energy of z + the residual's global full-covariance NLL);
+    - ``comp-diag``: ``-log sum_k phi_k N(z; mu_k, Sigma_k) N(r; m_k, diag s_k)``, with ``m_k``, ``s_k`` the
+      residuals' mean and per-feature variance weighted by the training rows' memberships (variances shrunk
+      towards the global ones with the weight of ``PRIOR_ROWS`` rows, floored at 0.01 of the global mean);
+    - ``global-diag``: the same with one diagonal Gaussian for every component (the normalisers included);
+    - ``comp-mean-full``: per-component residual means (memberships' weighted), one pooled full covariance
+      (Ledoit-Wolf of the residuals centred on their most likely component's mean, variances floored as
+      above), so the product by its whitening factor is made once per row.
+    """
+    import dagmm
+    from dagmm.models.gmm import gmm_log_prob
+    from scipy.special import logsumexp
+
+    t0 = time.perf_counter()
+    od = dagmm.OutlierAEGMM().fit(X_tr, verbose=False, seed=seed)
+    fit_s = time.perf_counter() - t0
+    scores = {"default": (od.score(X_tr), od.score(X_te))}
+    od.aegmm.eval()
+    with torch.inference_mode():
+        out = [od.aegmm(torch.from_numpy(od._checked(X))) for X in (X_tr, X_te)]
+    res = [(torch.from_numpy(od._checked(X)).flatten(1) - o[0].flatten(1)).double().numpy()
+           for X, o in zip((X_tr, X_te), out)]  # (N, F)
+    logz = [gmm_log_prob(o[1].double(), od.phi_, od.mu_, od.prec_chol_).numpy() for o in out]  # (N, K)
+    gamma = np.exp(logz[0] - logsumexp(logz[0], axis=1, keepdims=True))  # (N, K) training memberships
+    g_mean, g_var = res[0].mean(0), res[0].var(0)
+    floor = 0.01 * g_var.mean()
+    w = gamma.sum(0)  # (K,)
+    m = (gamma.T @ res[0] + PRIOR_ROWS * g_mean) / (w + PRIOR_ROWS)[:, None]  # (K, F)
+    sq = gamma.T @ res[0] ** 2 - 2 * m * (gamma.T @ res[0]) + w[:, None] * m ** 2  # (K, F) weighted sum of squares
+    var = np.maximum((sq + PRIOR_ROWS * g_var) / (w + PRIOR_ROWS)[:, None], floor)
+
+    def log_res(r: np.ndarray, m: np.ndarray, v: np.ndarray) -> np.ndarray:  # (N, K)
+        return -0.5 * (((r[:, None, :] - m[None]) ** 2 / v[None]).sum(2) + np.log(2 * np.pi * v).sum(1)[None])
+
+    gv = np.maximum(g_var, floor)
+    for name, (mm, vv) in (("comp-diag", (m, var)), ("global-diag", (g_mean[None], gv[None]))):
+        scores[name] = tuple(-logsumexp(lz + log_res(r, mm, vv), axis=1) for lz, r in zip(logz, res))
+    # per-component means, one pooled full covariance (Ledoit-Wolf of the residuals centred on their own
+    # component's mean, hard memberships), so the product by P is made once per row
+    from sklearn.covariance import LedoitWolf
+
+    m_soft = (gamma.T @ res[0]) / np.maximum(w, 1e-12)[:, None]  # (K, F)
+    centred = res[0] - m_soft[gamma.argmax(1)]
+    cov = LedoitWolf(assume_centered=True).fit(centred).covariance_
+    d = np.diag(cov).copy()
+    np.fill_diagonal(cov, np.maximum(d, 0.01 * d.mean()))
+    P = np.linalg.cholesky(np.linalg.inv(cov))  # a screen; (F, F) with P P^T = cov^-1
+    a = m_soft @ P  # (K, F) the components' means, whitened
+    for name, lzs in (("comp-mean-full", logz),):
+        scores[name] = tuple(-logsumexp(lz - 0.5 * (((r @ P)[:, None, :] - a[None]) ** 2).sum(2), axis=1)
+                             for lz, r in zip(lzs, res))
+    return {"fit_s": fit_s, "auroc": {k: ab.metrics(y_te, v[1])[0] for k, v in scores.items()}}
+
+
+PRIOR_ROWS = 2.0
 MEMBERS = int(os.environ.get("SCREEN_MEMBERS", "3"))
-SCREENS = {"score": screen_row, "mixture": mixture_row, "code": code_row}
+SCREENS = {"score": screen_row, "mixture": mixture_row, "code": code_row, "component": component_row}
 
 
 if __name__ == "__main__":
