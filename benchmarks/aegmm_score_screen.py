@@ -199,6 +199,7 @@ def component_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: in
     """
     import dagmm
     from dagmm.models.gmm import gmm_log_prob
+    from scipy.linalg import solve_triangular
     from scipy.special import logsumexp
 
     t0 = time.perf_counter()
@@ -234,7 +235,7 @@ def component_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: in
     cov = LedoitWolf(assume_centered=True).fit(centred).covariance_
     d = np.diag(cov).copy()
     np.fill_diagonal(cov, np.maximum(d, 0.01 * d.mean()))
-    P = np.linalg.cholesky(np.linalg.inv(cov))  # a screen; (F, F) with P P^T = cov^-1
+    P = solve_triangular(np.linalg.cholesky(cov), np.eye(len(cov)), lower=True).T  # (F, F), P P^T = cov^-1
     a = m_soft @ P  # (K, F) the components' means, whitened
     for name, lzs in (("comp-mean-full", logz),):
         scores[name] = tuple(-logsumexp(lz - 0.5 * (((r @ P)[:, None, :] - a[None]) ** 2).sum(2), axis=1)
