@@ -124,8 +124,9 @@ class OutlierAEGMM(BaseDetector):
     error_scale_ : float32 ndarray of shape ``X.shape[1:]`` or None
         ``architecture='auto'``: each feature's mean squared reconstruction
         error on the training rows (standardised units, floored at 0.01 of
-        their mean), the variances of the residual term of the score; None
-        otherwise (and for detectors saved before it existed): energy only.
+        their mean), the variances of the diagonal residual term, which the
+        score uses where ``residual_prec_chol_`` is None; None otherwise (and
+        for detectors saved before it existed): energy only.
     residual_mean_ : float64 ndarray (F,) or None; residual_prec_chol_ : float32 ndarray (F, F) or None
         ``architecture='auto'`` with at most ``FULL_RESIDUAL_MAX_FEATURES``
         (2,048) input values per row: the mean of the training residuals

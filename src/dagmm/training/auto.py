@@ -66,7 +66,8 @@ Why these rules (measured by ``benchmarks/defaults.py``):
   trained nets) the mean AUROC went from 0.871 to 0.890 on the 27 tables
   screened (landsat 0.43 -> 0.81, InternetAds 0.74 -> 0.82; Cardiotocography
   and mammography lost 0.01-0.08).  The training objective is unchanged.
-* **OutlierAEGMM's score counts the reconstruction as a likelihood.**  After
+* **OutlierAEGMM's score counts the reconstruction as a likelihood** (with
+  independent columns; since then a full covariance, the next item).  After
   the mixture, each feature's mean squared reconstruction error on the
   training rows is stored (``error_scale_``, floored as OutlierAE's) and the
   score adds ``0.5 * sum_j (x_j - x'_j)^2 / error_scale_j``, the negative
