@@ -195,7 +195,9 @@ def component_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: in
     - ``global-diag``: the same with one diagonal Gaussian for every component (the normalisers included);
     - ``comp-mean-full``: per-component residual means (memberships' weighted), one pooled full covariance
       (Ledoit-Wolf of the residuals centred on their most likely component's mean, variances floored as
-      above), so the product by its whitening factor is made once per row.
+      above), so the product by its whitening factor is made once per row;
+    - ``comp-full``: a full covariance per component, the memberships' weighted scatter about the component's
+      mean plus the pooled covariance with the weight of F rows (log-determinants included).
     """
     import dagmm
     from dagmm.models.gmm import gmm_log_prob
@@ -240,6 +242,19 @@ def component_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: in
     for name, lzs in (("comp-mean-full", logz),):
         scores[name] = tuple(-logsumexp(lz - 0.5 * (((r @ P)[:, None, :] - a[None]) ** 2).sum(2), axis=1)
                              for lz, r in zip(lzs, res))
+    # a full covariance per component: the memberships' weighted scatter about m_soft plus the pooled
+    # covariance with the weight of F rows (invertible below F rows), log-determinants included
+    f = res[0].shape[1]
+    logr = [np.empty((len(r), len(w))) for r in res]
+    for k in range(len(w)):
+        c = res[0] - m_soft[k]
+        cov_k = ((gamma[:, k, None] * c).T @ c + f * cov) / (w[k] + f)
+        L = np.linalg.cholesky(cov_k)
+        logdet = 2.0 * np.log(np.diag(L)).sum()
+        for out, r in zip(logr, res):
+            y = solve_triangular(L, (r - m_soft[k]).T, lower=True)  # (F, N)
+            out[:, k] = -0.5 * ((y ** 2).sum(0) + logdet)
+    scores["comp-full"] = tuple(-logsumexp(lz + lr, axis=1) for lz, lr in zip(logz, logr))
     return {"fit_s": fit_s, "auroc": {k: ab.metrics(y_te, v[1])[0] for k, v in scores.items()}}
 
 
