@@ -120,6 +120,9 @@ CANDIDATES: dict[str, dict[str, dict]] = {
     # OutlierAEGMM's score before the full-covariance residual and the mixtures up to 64 components: the diagonal
     # residual term, 1-16 components (the default of the morning of 2026-12-04)
     "diag-k16": {"AEGMM": {"residual": "diagonal", "mixture_components": [1, 2, 4, 8, 16]}, "AE": {}},
+    # OutlierAEGMM's score with one global full-covariance residual term (the default of the afternoon of
+    # 2026-12-04, before the joint mixture of the code and the residual)
+    "global-residual": {"AEGMM": {"residual": "full"}, "AE": {}},
 }
 
 

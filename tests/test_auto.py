@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from dagmm import OutlierAE, OutlierAEGMM
+from dagmm.models.gmm import GMMParams
 from dagmm.training.auto import (
     ae_config,
     aegmm_config,
@@ -261,7 +262,8 @@ def test_aegmm_score_adds_the_residual_likelihood(raw_task):
 
     X_train, X_test, _ = raw_task
     od = OutlierAEGMM().fit(X_train, epochs=3, verbose=False, seed=0)
-    assert od.auto_config_["error_scale"] == "train" and od.auto_config_["residual"] == "full"
+    assert od.auto_config_["error_scale"] == "train" and od.auto_config_["residual_fit"] == "component"
+    od.residual_means_ = od.residual_prec_chols_ = None  # the global full term (test below for the joint one)
     with torch.no_grad():
         recon = [od.aegmm.eval().encode(torch.from_numpy(od._checked(X)))[0].numpy() for X in (X_train, X_test)]
     # independent path: numpy float64 of the standardised rows (float32 rounding of the standardisation)
@@ -292,10 +294,46 @@ def test_aegmm_score_adds_the_residual_likelihood(raw_task):
     assert paper.error_scale_ is None and paper.residual_prec_chol_ is None
 
 
+def test_aegmm_scores_one_mixture_of_the_code_and_the_residual(raw_task):
+    """Default OutlierAEGMM: -log sum_k phi_k N(z; mu_k, Sigma_k) N(r; m_k, C_k), against scipy's densities,
+    with C_k each component's weighted residual scatter shrunk towards the global covariance (F rows)."""
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    X_train, X_test, _ = raw_task
+    od = OutlierAEGMM().fit(X_train, epochs=3, verbose=False, seed=0)
+    k, f = od.mu_.shape[0], X_train.shape[1]
+    assert od.residual_means_.shape == (k, f) and od.residual_prec_chols_.shape == (k, f, f)
+    with torch.no_grad():
+        out = [od.aegmm.eval().encode(torch.from_numpy(od._checked(X))) for X in (X_train, X_test)]
+    # independent path: numpy float64 from the network's float32 outputs
+    z = [c.double().numpy() for _, c in out]
+    r = [od._checked(X).astype(np.float64) - xr.numpy() for X, (xr, _) in zip((X_train, X_test), out)]
+    phi, mu = od.phi_.numpy(), od.mu_.numpy()
+    cov_z = od.cov_.numpy() + od.cov_eps_ * np.eye(mu.shape[1])
+    lz = [np.stack([np.log(phi[j]) + multivariate_normal(mu[j], cov_z[j]).logpdf(c) for j in range(k)], 1) for c in z]
+    gamma = np.exp(lz[0] - logsumexp(lz[0], axis=1, keepdims=True))  # (N, K) training memberships
+    p = od.residual_prec_chol_.astype(np.float64)
+    prior = np.linalg.solve(p @ p.T, np.eye(f))  # the global covariance (float32 factor: 1e-6 relative)
+    logp = []
+    for j in range(k):
+        w = gamma[:, j].sum()
+        m = gamma[:, j] @ r[0] / w
+        np.testing.assert_allclose(od.residual_means_[j], m, rtol=1e-6, atol=1e-9)
+        c = r[0] - m
+        cov = ((gamma[:, j, None] * c).T @ c + f * prior) / (w + f)
+        logp.append(lz[1][:, j] + multivariate_normal(m, cov).logpdf(r[1]))
+    want = -logsumexp(np.stack(logp, 1), axis=1) - 0.5 * f * np.log(2 * np.pi)  # the score drops this constant
+    # float32 factors and reconstructions, float64 algebra in other orders: 1e-4 relative
+    np.testing.assert_allclose(od.score(X_test), want, rtol=1e-4, atol=1e-4)
+    od.set_mixture(GMMParams(od.phi_, od.mu_, od.cov_))  # another mixture: the joint term goes, the global stays
+    assert od.residual_means_ is None and od.residual_prec_chol_ is not None
+
+
 def test_aegmm_residual_covariance_is_diagonal_above_the_limit():
     from dagmm.training.auto import FULL_RESIDUAL_MAX_FEATURES
 
-    assert aegmm_config(1000, (FULL_RESIDUAL_MAX_FEATURES,))["residual"] == "full"
+    assert aegmm_config(1000, (FULL_RESIDUAL_MAX_FEATURES,))["residual"] == "component"
     assert aegmm_config(1000, (FULL_RESIDUAL_MAX_FEATURES + 1,))["residual"] == "diagonal"
     assert aegmm_config(1000, (3, 32, 32))["residual"] == "diagonal"  # 3,072 values per row
 

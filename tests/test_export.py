@@ -42,7 +42,8 @@ def test_aegmm_graph_gives_the_scores(raw_tabular, tmp_path, architecture):
     X = raw_tabular
     od = OutlierAEGMM(architecture=architecture, standardize=True).fit(X[:1000], epochs=3, verbose=False, seed=0)
     od.infer_threshold(X[:1000])
-    assert (od.residual_prec_chol_ is not None) == (architecture == "auto")  # the graph has the full residual term
+    # the auto graph has the default's joint mixture of the code and the residual
+    assert (od.residual_means_ is not None) == (architecture == "auto")
     path = export_onnx(od, tmp_path / "aegmm.onnx")
     (got,) = _run(path, X[1000:])
     assert got.dtype == np.float64 and got.shape == (500,)

@@ -249,15 +249,21 @@ def test_reconstructor_refuses_inputs_it_does_not_take(kernel_calls):
 @pytest.mark.parametrize("architecture", ["paper", "auto", "auto-diagonal"])
 def test_aegmm_scoring_kernel_matches_the_module_path(tabular, architecture, monkeypatch):
     """One C call per batch (encoder, decoder, features, energy, residual term) gives the module path's
-    energies: no residual term (paper), the full-covariance one (auto), the diagonal one (auto-diagonal)."""
+    energies: no residual term (paper), the global full-covariance one (auto), the diagonal one
+    (auto-diagonal); the default's per-component residual mixture is not the kernel's."""
     from dagmm import OutlierAEGMM
 
     X_train, X_test, _ = tabular
     od = OutlierAEGMM(n_gmm=3, architecture=architecture.split("-")[0]).fit(
         X_train[:400], epochs=2, batch_size=100, verbose=False, seed=0)
+    calls = _spy_on_kernels(monkeypatch)
+    if architecture != "paper":  # the joint mixture of the code and the residual runs in torch only
+        assert od.residual_means_ is not None
+        od.score(X_test[:10])
+        assert calls == []
+        od.residual_means_ = od.residual_prec_chols_ = None  # the global terms, which the kernel computes
     if architecture == "auto-diagonal":
         od.residual_mean_ = od.residual_prec_chol_ = None
-    calls = _spy_on_kernels(monkeypatch)
     got = od.score(X_test, batch_size=64)
     assert set(calls) == {"aegmm_energy"} and len(calls) == -(-len(X_test) // 64)
     accel.enabled = False  # the torch code end to end

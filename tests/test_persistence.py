@@ -118,7 +118,7 @@ def test_aegmm_default_fitted_roundtrip(data, tmp_path, with_threshold):
     back = _roundtrip(od, tmp_path / "det", data[1])
     assert back.default_architecture and back.aegmm.training == od.aegmm.training
     assert str(back.aegmm) == str(od.aegmm)
-    for name in ("error_scale_", "residual_mean_", "residual_prec_chol_"):  # the residual model, bit for bit
+    for name in ("error_scale_", "residual_mean_", "residual_prec_chol_", "residual_means_", "residual_prec_chols_"):
         got, want = getattr(back, name), getattr(od, name)
         assert want is not None and got.dtype == want.dtype and np.array_equal(got, want), name
 

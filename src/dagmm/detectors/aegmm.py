@@ -18,12 +18,13 @@ from ..models.gmm import (
     GMMStats,
     add_stats,
     cholesky_with_jitter,
+    gmm_log_prob,
     gmm_params_from_stats,
     gmm_stats,
     precision_cholesky,
     sample_energy,
 )
-from ..models.covariance import residual_nll
+from ..models.covariance import ComponentMoments, component_gaussians, component_residual_log_prob, residual_nll
 from ..models.mixture import select_mixture
 from ..training.auto import AUTO_LR, aegmm_config, check_standardize, resolve_schedule
 from ..models.losses import loss_aegmm
@@ -372,10 +373,11 @@ class OutlierAEGMM(BaseDetector):
         }
         self.feature_shape_ = tuple(X.shape[1:])
         self.error_scale_ = self.residual_mean_ = self.residual_prec_chol_ = None
+        self.residual_means_ = self.residual_prec_chols_ = None
         if (config or {}).get("error_scale") == "train":
             self.error_scale_ = self._training_error_scale(X, config["error_floor"], self._reconstruct_into())
-        if (config or {}).get("residual") == "full":
-            self.residual_mean_, self.residual_prec_chol_, shrinkage = self._training_residual_gaussian(
+        if (config or {}).get("residual") in ("full", "component"):
+            self.residual_mean_, self.residual_prec_chol_, shrinkage, residual_cov = self._training_residual_gaussian(
                 X, config["error_floor"], self._reconstruct_into())
             self.auto_config_["residual_shrinkage"] = round(shrinkage, 6)
         if (config or {}).get("mixture") == "em":
@@ -383,8 +385,35 @@ class OutlierAEGMM(BaseDetector):
                                                                     config["em_reg"], seed)
         else:
             self._fit_mixture(X)
+        if (config or {}).get("residual") == "component":
+            k, f = self.mu_.shape[0], int(np.prod(X.shape[1:]))
+            if k * f * f <= config["component_residual_max"]:
+                self._fit_component_residuals(X, residual_cov)
+            self.auto_config_["residual_fit"] = "component" if self.residual_means_ is not None else "full"
         self._fitted = True
         return self
+
+    def _fit_component_residuals(self, X: np.ndarray, prior: torch.Tensor,
+                                 batch_size: int = DEFAULT_SCORE_BATCH) -> None:
+        """One Gaussian of the residual per mixture component (``residual_means_``, ``residual_prec_chols_``).
+
+        The training rows' memberships under the scoring mixture weight their
+        residuals; each component's covariance is shrunk towards the global
+        one (``prior``, (F, F) float64, ``residual_prec_chol_``'s) with the weight of F rows
+        (:func:`dagmm.models.covariance.component_gaussians`).  The score is then
+        one mixture of the code and the residual, ``-log sum_k phi_k N(z; mu_k,
+        Sigma_k) N(r; m_k, C_k)``.
+        """
+        encode = self._encode_fn()[1]
+        moments = ComponentMoments()
+        with torch.inference_mode():
+            for start in range(0, len(X), batch_size):
+                xb = torch.from_numpy(X[start:start + batch_size]).to(self.device)
+                x_recon, z = encode(xb)
+                lp = gmm_log_prob(z.double(), self.phi_, self.mu_, self.prec_chol_)  # (n, K)
+                moments.add((xb.double() - x_recon.double()).flatten(1).cpu(), torch.softmax(lp, 1).cpu())
+        mean, prec_chol, _ = component_gaussians(moments, prior, float(prior.shape[0]))
+        self.residual_means_, self.residual_prec_chols_ = mean.numpy(), prec_chol.float().numpy()
 
     def _fit_mixture_em(self, X: np.ndarray, candidates: list, reg: float, seed: Optional[int],
                         batch_size: int = DEFAULT_SCORE_BATCH) -> dict:
@@ -451,6 +480,8 @@ class OutlierAEGMM(BaseDetector):
         self.cov_ = params.cov.double()
         self.cov_eps_ = eps_used
         self.prec_chol_ = precision_cholesky(chol)
+        # the per-component residual Gaussians belong to the components they were weighted by
+        self.residual_means_ = self.residual_prec_chols_ = None
 
     # --------------------------------------------------------------- scoring
     def _encode_fn(self) -> tuple[bool, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
@@ -477,6 +508,10 @@ class OutlierAEGMM(BaseDetector):
         def dev(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.asarray(a)).to(self.device).double()
 
+        if getattr(self, "residual_prec_chols_", None) is not None and len(self.residual_means_) == len(self.phi_):
+            p = dev(self.residual_prec_chols_)
+            return {"means": dev(self.residual_means_), "prec_chols": p,
+                    "log_det": torch.log(torch.diagonal(p, dim1=1, dim2=2)).sum(1)}
         if getattr(self, "residual_prec_chol_", None) is not None:
             return {"mean": dev(self.residual_mean_).flatten(), "prec_chol": dev(self.residual_prec_chol_)}
         if getattr(self, "error_scale_", None) is not None:
@@ -502,16 +537,22 @@ class OutlierAEGMM(BaseDetector):
         plain, latent = self._encode_fn()
 
         residual = self._residual_model()
+        joint = "means" in residual  # one mixture of the code and the residual: the torch code only
         # the whole energy in one C call per batch where the model and data allow
         kernel = accel.energy_scorer(model, phi, mu, prec, residual.get("error_scale"), residual.get("mean"),
-                                     residual.get("prec_chol")) if plain else None
+                                     residual.get("prec_chol")) if plain and not joint else None
 
         def energy(xb: torch.Tensor, out: torch.Tensor) -> None:
             if kernel is None or not kernel(xb, out):
                 x_recon, z = latent(xb)
+                r = xb.double() - x_recon.double()
+                if joint:  # -log sum_k phi_k N(z; mu_k, Sigma_k) N(r; m_k, C_k), float64
+                    lp = gmm_log_prob(z.double(), phi, mu, prec) + component_residual_log_prob(r, **residual)
+                    out.copy_(-torch.logsumexp(lp, 1))
+                    return
                 e = sample_energy(z, phi, mu, prec)  # (N,) float64
                 if residual:  # the residual's Gaussian term, in float64 like the mixture's
-                    e = e + residual_nll(xb.double() - x_recon.double(), **residual)
+                    e = e + residual_nll(r, **residual)
                 out.copy_(e)
 
         out = self._batched_into(energy, X, batch_size, (), torch.float64)

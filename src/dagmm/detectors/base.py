@@ -191,14 +191,15 @@ class BaseDetector:
 
     def _training_residual_gaussian(self, X: np.ndarray, floor: float,
                                     reconstruct_into: Callable[[torch.Tensor, torch.Tensor], None],
-                                    batch_size: int = DEFAULT_SCORE_BATCH) -> tuple[np.ndarray, np.ndarray, float]:
+                                    batch_size: int = DEFAULT_SCORE_BATCH
+                                    ) -> tuple[np.ndarray, np.ndarray, float, torch.Tensor]:
         """A full-covariance Gaussian of the training residuals ``x - x'`` (network units), in two passes over X.
 
-        Returns ``(mean (F,) float64, prec_chol (F, F) float32, shrinkage)``:
+        Returns ``(mean (F,) float64, prec_chol (F, F) float32, shrinkage, cov)``:
         the residuals' mean, the upper factor of their Ledoit-Wolf covariance's
         inverse (:func:`dagmm.models.covariance.whitening_factor`, variances
         floored at ``floor`` times their mean as :meth:`_training_error_scale`
-        does) and the Ledoit-Wolf shrinkage chosen.
+        does), the Ledoit-Wolf shrinkage chosen and that covariance (float64 tensor).
         """
         total = None
         for r in self._residuals(X, reconstruct_into, batch_size):
@@ -208,8 +209,8 @@ class BaseDetector:
         for r in self._residuals(X, reconstruct_into, batch_size):
             moments.add(r.cpu())
         cov, shrinkage = ledoit_wolf(moments)
-        prec_chol = whitening_factor(floor_diagonal(cov, floor))
-        return moments.centre.numpy(), prec_chol.float().numpy(), shrinkage
+        cov = floor_diagonal(cov, floor)
+        return moments.centre.numpy(), whitening_factor(cov).float().numpy(), shrinkage, cov
 
     @staticmethod
     def _percentile(scores: np.ndarray, threshold_perc: float) -> float:

@@ -33,7 +33,7 @@ from ..detectors.ae import OutlierAE, n_top_features
 from ..detectors.aegmm import OutlierAEGMM
 from ..detectors.base import NotFittedError
 from ..detectors.estimator import DAGMM
-from ..models.covariance import residual_nll
+from ..models.covariance import component_residual_log_prob, residual_nll
 from ..models.gmm import energy_terms, log_prob_from_terms
 from ..models.nets import AEGMMNet
 
@@ -87,10 +87,14 @@ class _EnergyGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.scaling(x)
         x_recon, z = self.model.encode(x) if self.plain else self.model(x)[:2]
+        terms = {n: getattr(self, f"residual_{n}") for n in self.residual}
+        if "means" in terms:  # one mixture of the code and the residual, as OutlierAEGMM.score; unchunked
+            lp = log_prob_from_terms(z.double().T, self.prec_t, self.offset, self.const)  # (K, N)
+            lr = component_residual_log_prob(x.double() - x_recon.double(), **terms, max_elements=None)  # (N, K)
+            return -torch.logsumexp(lp + lr.T, dim=0)
         # the formula of dagmm.models.gmm.sample_energy, its terms constants of the graph
         e = -torch.logsumexp(log_prob_from_terms(z.double().T, self.prec_t, self.offset, self.const), dim=0)
-        if self.residual:  # the residual's Gaussian term of OutlierAEGMM.score, float64 as there
-            terms = {n: getattr(self, f"residual_{n}") for n in self.residual}
+        if terms:  # the residual's Gaussian term of OutlierAEGMM.score, float64 as there
             e = e + residual_nll(x.double() - x_recon.double(), **terms)
         return e
 

@@ -22,7 +22,8 @@ import torch
 
 from .gmm import cholesky_with_jitter, precision_cholesky
 
-__all__ = ["CentredMoments", "ledoit_wolf", "floor_diagonal", "whitening_factor", "residual_nll"]
+__all__ = ["CentredMoments", "ComponentMoments", "ledoit_wolf", "floor_diagonal", "whitening_factor",
+           "component_gaussians", "residual_nll", "component_residual_log_prob"]
 
 
 @dataclass
@@ -51,6 +52,28 @@ class CentredMoments:
             self.outer += outer
             self.outer_sq += outer_sq
         self.n += int(rows.shape[0])
+
+
+@dataclass
+class ComponentMoments:
+    """Membership-weighted sums over rows per mixture component: ``w`` (K,), ``s1 = sum g x`` (K, F) and
+    ``s2 = sum g x x^T`` (K, F, F), float64, for :func:`component_gaussians`."""
+
+    w: Optional[torch.Tensor] = field(default=None, repr=False)
+    s1: Optional[torch.Tensor] = field(default=None, repr=False)
+    s2: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    def add(self, rows: torch.Tensor, gamma: torch.Tensor) -> None:
+        """Add ``rows`` (N, F) with memberships ``gamma`` (N, K) (rows of ``gamma`` sum to 1)."""
+        r, g = rows.double(), gamma.double()
+        w, s1 = g.sum(0), g.T @ r  # (K,), (K, F)
+        s2 = torch.stack([(g[:, k, None] * r).T @ r for k in range(g.shape[1])])  # (K, F, F), K products
+        if self.w is None:
+            self.w, self.s1, self.s2 = w, s1, s2
+        else:
+            self.w += w
+            self.s1 += s1
+            self.s2 += s2
 
 
 def ledoit_wolf(moments: CentredMoments) -> tuple[torch.Tensor, float]:
@@ -126,3 +149,51 @@ def residual_nll(residual: torch.Tensor, error_scale: Optional[torch.Tensor] = N
     if error_scale is None:
         raise ValueError("residual_nll: give error_scale or mean and prec_chol.")
     return 0.5 * r.square().div(error_scale.double().flatten()).sum(1)
+
+
+def component_gaussians(moments: ComponentMoments, prior: torch.Tensor,
+                        prior_rows: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Gaussian per mixture component from membership-weighted sums, shrunk towards ``prior``.
+
+    Component ``k`` has mean ``m_k = s1_k / w_k`` and covariance ``(S_k +
+    prior_rows * prior) / (w_k + prior_rows)``, ``S_k`` its weighted scatter
+    about ``m_k``: the pooled covariance counts as ``prior_rows`` rows, so a
+    component with few rows (or fewer than F) still has a well-conditioned
+    covariance, and one with many rows has its own.
+
+    Returns
+    -------
+    mean : (K, F) float64
+    prec_chol : (K, F, F) float64, upper factors (:func:`whitening_factor`)
+    log_det : (K,) float64, ``log det prec_chol_k`` (half the log-determinant of the precision)
+    """
+    w = moments.w.clamp_min(1e-300)
+    mean = moments.s1 / w[:, None]  # (K, F)
+    scatter = moments.s2 - w[:, None, None] * mean[:, :, None] * mean[:, None, :]  # (K, F, F)
+    cov = (scatter + prior_rows * prior.double()) / (moments.w + prior_rows)[:, None, None]
+    cov = 0.5 * (cov + cov.transpose(1, 2))  # symmetric to rounding before the factorisation
+    prec_chol = torch.stack([whitening_factor(c) for c in cov])
+    log_det = torch.log(torch.diagonal(prec_chol, dim1=1, dim2=2)).sum(1)
+    return mean, prec_chol, log_det
+
+
+def component_residual_log_prob(residual: torch.Tensor, means: torch.Tensor, prec_chols: torch.Tensor,
+                                log_det: torch.Tensor, max_elements: Optional[int] = 1 << 22) -> torch.Tensor:
+    """``log det P_k - 0.5 |(r - m_k) P_k|^2`` for every row and component, float64 (N, K).
+
+    The log-density of the residual under each component's Gaussian, up to the
+    constant ``-F log(2 pi) / 2`` common to all; rows are taken in chunks so
+    that the (K, n, F) intermediate stays under ``max_elements`` values
+    (None: in one piece, as a traced graph must, whose row count is not known).
+    """
+    r = residual.flatten(1).double()  # (N, F)
+    k, f = means.shape
+    if max_elements is None:
+        d = r[None] - means.double()[:, None]  # (K, N, F)
+        return (log_det.double()[:, None] - 0.5 * (d @ prec_chols.double()).square().sum(2)).T
+    step = max(1, max_elements // max(1, k * f))
+    parts = []
+    for start in range(0, r.shape[0], step):
+        d = r[None, start:start + step] - means.double()[:, None]  # (K, n, F)
+        parts.append((log_det.double()[:, None] - 0.5 * (d @ prec_chols.double()).square().sum(2)).T)  # (n, K)
+    return torch.cat(parts) if parts else r.new_zeros((0, k))

@@ -84,7 +84,9 @@ Why these rules (measured by ``benchmarks/defaults.py``):
   together, so the residual term is ``0.5 * |(r - m) P|^2`` with ``P P^T``
   the inverse of the Ledoit-Wolf shrunk covariance of the training
   residuals (:mod:`dagmm.models.covariance`; variances floored like
-  ``error_scale_``), up to ``FULL_RESIDUAL_MAX_FEATURES = 2048`` input values
+  ``error_scale_``), up to ``FULL_RESIDUAL_MAX_FEATURES = 2048
+#: ... and one full covariance per mixture component where components x F^2 is at most this (4 MB of float32).
+COMPONENT_RESIDUAL_MAX = 1 << 20`` input values
   per row (the product costs ``F^2`` per row; above it the diagonal term).
   BIC chose the largest candidate, 16 components, on 18 of the 34 tables, so
   the candidates go to 64 (the C scoring kernel's limit).  On the same 34
@@ -138,6 +140,8 @@ EM_REG = 1e-6
 ERROR_FLOOR = 0.01
 #: ``OutlierAEGMM``'s residual term has a full covariance up to this many input values per row, else a diagonal one.
 FULL_RESIDUAL_MAX_FEATURES = 2048
+#: ... and one full covariance per mixture component where components x F^2 is at most this (4 MB of float32).
+COMPONENT_RESIDUAL_MAX = 1 << 20
 #: ``OutlierAE``'s step budget in units of :func:`schedule`'s, where early stopping guards it (>= 100 rows).
 AE_STEP_FACTOR = 2.0
 #: Schedule used with user-supplied networks (and the paper architecture), as in earlier versions.
@@ -234,7 +238,9 @@ def aegmm_config(n_rows: int, feature_shape: Sequence[int]) -> dict:
         # the score adds the residual's Gaussian term: a shrunk full covariance of the training residuals up to
         # FULL_RESIDUAL_MAX_FEATURES columns (an F x F product per row), else each feature's mean squared error
         "error_scale": "train",
-        "residual": "full" if f <= FULL_RESIDUAL_MAX_FEATURES else "diagonal",
+        "residual": "component" if f <= FULL_RESIDUAL_MAX_FEATURES else "diagonal",
+        # one residual Gaussian per mixture component where K * F^2 values fit this, else the global one
+        "component_residual_max": COMPONENT_RESIDUAL_MAX,
         "error_floor": ERROR_FLOOR,
         **schedule(n_rows),
     }
