@@ -1,9 +1,10 @@
-"""A/B: ``OutlierAEGMM.score`` with the full-covariance, the diagonal and no residual term, in one run.
+"""A/B: ``OutlierAEGMM.score`` with the joint mixture, the full-covariance, the diagonal and no residual term.
 
 Fits the default detector for one epoch on 20,000 x F Gaussian rows (F = 121 and 1,000 by default), then
 scores 200,000 / 20,000 rows five times each way, interleaved, and prints the median times and their
 ratios to the energy alone.  The diagonal term is a few multiply-adds per column in the C kernel; the
-full one an F x F product per row (a layer of F outputs on top of the networks and the mixture).
+full one an F x F product per row (a layer of F outputs on top of the networks and the mixture); the
+joint mixture of the code and the residual (the default where K x F^2 <= 2^20) K such products, in torch.
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/residual_term_ab.py
 """
@@ -24,10 +25,13 @@ def run(f: int, rows: int, repeats: int) -> None:
     X = rng.normal(size=(20000, f)).astype(np.float32)
     T = rng.normal(size=(rows, f)).astype(np.float32)
     od = dagmm.OutlierAEGMM().fit(X, epochs=1, verbose=False, seed=0)
-    fitted = {k: getattr(od, k) for k in ("error_scale_", "residual_mean_", "residual_prec_chol_")}
-    variants = {"full covariance": fitted,
-                "diagonal": {**fitted, "residual_mean_": None, "residual_prec_chol_": None},
+    fitted = {k: getattr(od, k) for k in ("error_scale_", "residual_mean_", "residual_prec_chol_",
+                                          "residual_means_", "residual_prec_chols_")}
+    variants = {"full covariance": {**fitted, "residual_means_": None, "residual_prec_chols_": None},
+                "diagonal": {**dict.fromkeys(fitted), "error_scale_": fitted["error_scale_"]},
                 "energy only": dict.fromkeys(fitted)}
+    if fitted["residual_means_"] is not None:  # the default where K * F^2 is small enough: torch code
+        variants = {f"joint mixture (default, K = {len(od.phi_)})": fitted, **variants}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, attrs in variants.items():

@@ -62,12 +62,15 @@ class OutlierAEGMM(BaseDetector):
     records the choice); with user nets and ``architecture='paper'`` the
     estimation network's memberships, as in the paper.  For
     ``architecture='auto'`` the score also counts the reconstruction as a
-    likelihood: the negative log-density of the residual ``r = x - x'`` under
-    a Gaussian fitted to the training residuals (a Ledoit-Wolf shrunk full
-    covariance, ``residual_mean_`` and ``residual_prec_chol_``; above 2,048
-    columns independent columns with variances ``error_scale_``, each
-    feature's mean squared training error), so the score is ``-log p(z) -
-    log p(x | x')`` up to a constant.
+    likelihood, the residual ``r = x - x'`` under Gaussians fitted to the
+    training residuals.  By default it is one mixture of the code and the
+    residual, ``-log sum_k phi_k N(z; mu_k, Sigma_k) N(r; m_k, C_k)``, each
+    component with its own residual mean and full covariance
+    (``residual_means_``, ``residual_prec_chols_``) where K x F^2 is at most
+    2^20; otherwise the energy plus the residual's NLL under one Ledoit-Wolf
+    shrunk full covariance (``residual_mean_``, ``residual_prec_chol_``, up
+    to 2,048 columns) or, above that, independent columns with variances
+    ``error_scale_``.  The score is ``-log p(z, x | x')`` up to a constant.
 
     Parameters
     ----------
@@ -135,6 +138,14 @@ class OutlierAEGMM(BaseDetector):
         Ledoit-Wolf covariance (variances floored as ``error_scale_``); the
         score's residual term is then ``0.5 * |(r - mean) P|^2`` instead of
         the diagonal one.  None otherwise.
+    residual_means_ : float64 ndarray (K, F) or None; residual_prec_chols_ : float32 ndarray (K, F, F) or None
+        ``architecture='auto'`` where K x F^2 <= ``COMPONENT_RESIDUAL_MAX``
+        (2^20): per mixture component, the mean of the training residuals
+        weighted by the rows' memberships and the upper factor of the inverse
+        of their weighted scatter shrunk towards the global covariance with the
+        weight of F rows.  The score is then the joint mixture above (computed
+        by the torch code, not the C kernel).  :meth:`set_mixture` drops them
+        (another mixture's components are not theirs): the global term remains.
     """
 
     def __init__(
@@ -521,11 +532,13 @@ class OutlierAEGMM(BaseDetector):
     def score(self, X: Any, batch_size: int = DEFAULT_SCORE_BATCH) -> np.ndarray:
         """Sample energies, shape (N,), float64; higher is more anomalous.
 
-        The default architecture adds the residual's Gaussian term: ``0.5 *
-        |(r - residual_mean_) residual_prec_chol_|^2`` with ``r = x - x'``
-        (standardised units), or with ``error_scale_`` alone (tables above
-        ``FULL_RESIDUAL_MAX_FEATURES`` columns) ``0.5 * sum_j r_j^2 /
-        error_scale_j``.
+        The default architecture counts the residual ``r = x - x'``
+        (standardised units) too: with ``residual_means_`` the energy is ``-log
+        sum_k phi_k N(z; mu_k, Sigma_k) N(r; m_k, C_k)`` (up to the constant
+        ``F log(2 pi) / 2``); otherwise the code's energy plus ``0.5 * |(r -
+        residual_mean_) residual_prec_chol_|^2``, or with ``error_scale_``
+        alone (tables above ``FULL_RESIDUAL_MAX_FEATURES`` columns) ``0.5 *
+        sum_j r_j^2 / error_scale_j``.
 
         X is in the units of the training data; the detector's standardisation
         (if any) is applied here.  Memory is bounded by ``batch_size`` rows at a time.
@@ -545,14 +558,13 @@ class OutlierAEGMM(BaseDetector):
         def energy(xb: torch.Tensor, out: torch.Tensor) -> None:
             if kernel is None or not kernel(xb, out):
                 x_recon, z = latent(xb)
-                r = xb.double() - x_recon.double()
-                if joint:  # -log sum_k phi_k N(z; mu_k, Sigma_k) N(r; m_k, C_k), float64
-                    lp = gmm_log_prob(z.double(), phi, mu, prec) + component_residual_log_prob(r, **residual)
+                if joint:  # -log sum_k phi_k N(z; mu_k, Sigma_k) N(r; m_k, C_k); r in float32 as the product
+                    lp = gmm_log_prob(z.double(), phi, mu, prec) + component_residual_log_prob(xb - x_recon, **residual)
                     out.copy_(-torch.logsumexp(lp, 1))
                     return
                 e = sample_energy(z, phi, mu, prec)  # (N,) float64
                 if residual:  # the residual's Gaussian term, in float64 like the mixture's
-                    e = e + residual_nll(r, **residual)
+                    e = e + residual_nll(xb.double() - x_recon.double(), **residual)
                 out.copy_(e)
 
         out = self._batched_into(energy, X, batch_size, (), torch.float64)

@@ -90,7 +90,7 @@ class _EnergyGraph(nn.Module):
         terms = {n: getattr(self, f"residual_{n}") for n in self.residual}
         if "means" in terms:  # one mixture of the code and the residual, as OutlierAEGMM.score; unchunked
             lp = log_prob_from_terms(z.double().T, self.prec_t, self.offset, self.const)  # (K, N)
-            lr = component_residual_log_prob(x.double() - x_recon.double(), **terms, max_elements=None)  # (N, K)
+            lr = component_residual_log_prob(x - x_recon, **terms, max_elements=None)  # (N, K)
             return -torch.logsumexp(lp + lr.T, dim=0)
         # the formula of dagmm.models.gmm.sample_energy, its terms constants of the graph
         e = -torch.logsumexp(log_prob_from_terms(z.double().T, self.prec_t, self.offset, self.const), dim=0)

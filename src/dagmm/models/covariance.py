@@ -182,18 +182,26 @@ def component_residual_log_prob(residual: torch.Tensor, means: torch.Tensor, pre
     """``log det P_k - 0.5 |(r - m_k) P_k|^2`` for every row and component, float64 (N, K).
 
     The log-density of the residual under each component's Gaussian, up to the
-    constant ``-F log(2 pi) / 2`` common to all; rows are taken in chunks so
-    that the (K, n, F) intermediate stays under ``max_elements`` values
-    (None: in one piece, as a traced graph must, whose row count is not known).
+    constant ``-F log(2 pi) / 2`` common to all.  ``(r - m_k) P_k`` is computed
+    as ``r P_k - m_k P_k`` with every ``P_k`` side by side, one float32 product
+    of the rows by an (F, K * F) matrix and the offsets in float32 (the C
+    kernel's precision for the global term), the sums of squares in float64.  Rows are taken in
+    chunks so that the (n, K, F) intermediate stays under ``max_elements``
+    values (None: in one piece, as a traced graph must, whose row count is not known).
     """
-    r = residual.flatten(1).double()  # (N, F)
+    r = residual.flatten(1)  # (N, F)
     k, f = means.shape
+    p_all = prec_chols.float().permute(1, 0, 2).reshape(f, k * f)  # (F, K * F): block k is P_k
+    offset = (means.double()[:, None, :] @ prec_chols.double())[:, 0]  # (K, F): m_k P_k
+
+    offset32 = offset.float()
+
+    def rows(x: torch.Tensor) -> torch.Tensor:  # (n, F) -> (n, K)
+        y = (x.float() @ p_all).reshape(-1, k, f).sub_(offset32)  # (n, K, F)
+        return log_det.double() - 0.5 * y.square_().sum(2, dtype=torch.float64)
+
     if max_elements is None:
-        d = r[None] - means.double()[:, None]  # (K, N, F)
-        return (log_det.double()[:, None] - 0.5 * (d @ prec_chols.double()).square().sum(2)).T
+        return rows(r)
     step = max(1, max_elements // max(1, k * f))
-    parts = []
-    for start in range(0, r.shape[0], step):
-        d = r[None, start:start + step] - means.double()[:, None]  # (K, n, F)
-        parts.append((log_det.double()[:, None] - 0.5 * (d @ prec_chols.double()).square().sum(2)).T)  # (n, K)
-    return torch.cat(parts) if parts else r.new_zeros((0, k))
+    parts = [rows(r[start:start + step]) for start in range(0, r.shape[0], step)]
+    return torch.cat(parts) if parts else torch.zeros((0, k), dtype=torch.float64, device=r.device)
