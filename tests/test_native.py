@@ -249,19 +249,25 @@ def test_reconstructor_refuses_inputs_it_does_not_take(kernel_calls):
 @pytest.mark.parametrize("architecture", ["paper", "auto", "auto-diagonal"])
 def test_aegmm_scoring_kernel_matches_the_module_path(tabular, architecture, monkeypatch):
     """One C call per batch (encoder, decoder, features, energy, residual term) gives the module path's
-    energies: no residual term (paper), the global full-covariance one (auto), the diagonal one
-    (auto-diagonal); the default's per-component residual mixture is not the kernel's."""
+    energies: no residual term (paper), the default's joint mixture of the code and the residual and then
+    the global full-covariance term (auto), the diagonal one (auto-diagonal)."""
     from dagmm import OutlierAEGMM
 
     X_train, X_test, _ = tabular
     od = OutlierAEGMM(n_gmm=3, architecture=architecture.split("-")[0]).fit(
         X_train[:400], epochs=2, batch_size=100, verbose=False, seed=0)
     calls = _spy_on_kernels(monkeypatch)
-    if architecture != "paper":  # the joint mixture of the code and the residual runs in torch only
+    if architecture != "paper":  # the default's joint mixture of the code and the residual, kernel vs torch
         assert od.residual_means_ is not None
-        od.score(X_test[:10])
-        assert calls == []
-        od.residual_means_ = od.residual_prec_chols_ = None  # the global terms, which the kernel computes
+        got = od.score(X_test, batch_size=64)
+        assert set(calls) == {"aegmm_energy"} and len(calls) == -(-len(X_test) // 64)
+        accel.enabled = False
+        ref = od.score(X_test, batch_size=64)
+        accel.enabled = True
+        # float32 network and residual products in another summation order, float64 mixture algebra
+        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max())
+        calls.clear()
+        od.residual_means_ = od.residual_prec_chols_ = None  # the global terms
     if architecture == "auto-diagonal":
         od.residual_mean_ = od.residual_prec_chol_ = None
     got = od.score(X_test, batch_size=64)
@@ -314,14 +320,19 @@ def test_aegmm_energy_kernel_checks_the_shapes():
     x, out, p = torch.randn(3, 5), torch.empty(3, dtype=torch.float64), torch.zeros(64, dtype=torch.float64)
     with pytest.raises(ValueError, match="the decoder must map the latent code \\(at most 62 wide\\)"):
         _lib.lib.aegmm_energy(x.data_ptr(), 3, enc.data_ptr(), 1, dec.data_ptr(), 1, 0, 1e-8, 1e-6,
-                              p.data_ptr(), p.data_ptr(), p.data_ptr(), 1, 0, 0, out.data_ptr(), 48)
+                              p.data_ptr(), p.data_ptr(), p.data_ptr(), 1, 0, 0, 0, out.data_ptr(), 48)
     dec = _spec([(torch.randn(5, 2), None, 0)])
-    for w, act in ((torch.randn(4, 5), 0), (torch.randn(5, 5), 1)):  # whitening 5 -> 4, or with a tanh
+    # whitening 5 -> 4, with a tanh, or 5 -> 5 where the joint mixture (log-determinants, 2 components) needs 10
+    for w, act, k, logdet in ((torch.randn(4, 5), 0, 1, 0), (torch.randn(5, 5), 1, 1, 0),
+                              (torch.randn(5, 5), 0, 2, p.data_ptr())):
         whiten = _spec([(w, None, act)])
         with pytest.raises(ValueError, match="the whitening layer must map the input width to itself"):
             _lib.lib.aegmm_energy(x.data_ptr(), 3, enc.data_ptr(), 1, dec.data_ptr(), 1, 0, 1e-8, 1e-6,
-                                  p.data_ptr(), p.data_ptr(), p.data_ptr(), 1, 0, whiten.data_ptr(), out.data_ptr(),
-                                  48)
+                                  p.data_ptr(), p.data_ptr(), p.data_ptr(), k, 0, whiten.data_ptr(), logdet,
+                                  out.data_ptr(), 48)
+    with pytest.raises(ValueError, match="log-determinants need the whitening layer"):
+        _lib.lib.aegmm_energy(x.data_ptr(), 3, enc.data_ptr(), 1, dec.data_ptr(), 1, 0, 1e-8, 1e-6,
+                              p.data_ptr(), p.data_ptr(), p.data_ptr(), 1, 0, 0, p.data_ptr(), out.data_ptr(), 48)
 
 
 def test_ae_scoring_takes_the_kernel_and_matches_the_modules(tabular, monkeypatch):

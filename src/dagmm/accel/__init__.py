@@ -244,7 +244,7 @@ def reconstructor(model: nn.Module) -> Optional[Callable[[torch.Tensor, torch.Te
 
 def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor, prec_chol: torch.Tensor,
                   error_scale: Optional[torch.Tensor] = None, mean: Optional[torch.Tensor] = None,
-                  residual_prec_chol: Optional[torch.Tensor] = None
+                  residual_prec_chol: Optional[torch.Tensor] = None, components: Optional[dict] = None
                   ) -> Optional[Callable[[torch.Tensor, torch.Tensor], bool]]:
     """The sample energy of an :class:`~dagmm.models.nets.AEGMMNet` in one C call per batch, where it applies.
 
@@ -261,7 +261,12 @@ def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor, prec_ch
     (F, F) are given (the product in float32, as a layer of the networks,
     the sum of squares in float64), else ``0.5 * sum_j r_j^2 /
     error_scale_j`` in float64 when ``error_scale`` (F,) is; ``x'`` is never
-    written out.
+    written out.  ``components`` (the keyword arguments of
+    :func:`dagmm.models.covariance.component_residual_log_prob`: ``means``
+    (K, F), ``prec_chols`` (K, F, F), ``log_det`` (K,)) makes it the joint
+    mixture of the code and the residual instead: every ``P_k`` side by side
+    as one layer of K F outputs (bias ``-m_k P_k``), each block's ``log det P_k
+    - |.|^2 / 2`` added to component k's log-density before the log-sum-exp.
     """
     if not _on() or type(model) is not AEGMMNet or _hooked(model):
         return None
@@ -276,7 +281,16 @@ def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor, prec_ch
         return None
     if error_scale is not None and tuple(error_scale.shape) != (enc.n_in,):
         return None
-    whiten = None  # the full residual term as a Linear layer: y = r P - mean P, weight (out, in) = P^T
+    whiten = logdet = None  # the full residual term as a Linear layer: y = r P - mean P, weight (out, in) = P^T
+    if components is not None:
+        means, pc = components["means"].detach().double().cpu(), components["prec_chols"].detach().double().cpu()
+        if tuple(means.shape) != (k, enc.n_in) or tuple(pc.shape) != (k, enc.n_in, enc.n_in):
+            return None
+        p_all = pc.permute(1, 0, 2).reshape(enc.n_in, k * enc.n_in)  # (F, K F): block q is P_q
+        offset = (means[:, None, :] @ pc)[:, 0].reshape(-1)  # (K F,): m_q P_q
+        whiten = Chain([(p_all.T.float().contiguous(), (-offset).float().contiguous(), lib.ACT_NONE)], False, None)
+        logdet = components["log_det"].detach().double().cpu().contiguous()  # (K,)
+        error_scale = residual_prec_chol = None
     if residual_prec_chol is not None:
         if tuple(residual_prec_chol.shape) != (enc.n_in, enc.n_in) or tuple(mean.shape) != (enc.n_in,):
             return None
@@ -297,10 +311,11 @@ def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor, prec_ch
         lib.aegmm_energy(rows.data_ptr(), rows.shape[0], enc_spec.data_ptr(), len(enc.layers), dec_spec.data_ptr(),
                          len(dec.layers), mode, RECON_EPS, LOG_MSE_EPS, prec_t.data_ptr(), offset.data_ptr(),
                          const.data_ptr(), k, 0 if inv_var is None else inv_var.data_ptr(),
-                         0 if whiten is None else whiten_spec.data_ptr(), out.data_ptr(), lib.TILE)
+                         0 if whiten is None else whiten_spec.data_ptr(), 0 if logdet is None else logdet.data_ptr(),
+                         out.data_ptr(), lib.TILE)
         return True
 
-    # the closure holds enc, dec, inv_var and whiten, so the tensors behind their pointers live as long as it
+    # the closure holds enc, dec, inv_var, whiten and logdet, so the tensors behind their pointers live as long as it
     return energy
 
 

@@ -563,12 +563,13 @@ static PyMethodDef methods[] = {
      "mlp_fast() -> bool\n\nPrivate to dagmm.accel: whether mlp_forward and aegmm_energy run vectorised (AVX2 + FMA)."},
     {"aegmm_energy", py_aegmm_energy, METH_VARARGS,
      "aegmm_energy(x_ptr, n, enc_spec_ptr, n_enc, dec_spec_ptr, n_dec, mode, eps, log_eps, pt_ptr, off_ptr, c_ptr,\n"
-     "             k, inv_var_ptr, whiten_spec_ptr, out_ptr, tile) -> None\n\n"
+     "             k, inv_var_ptr, whiten_spec_ptr, whiten_logdet_ptr, out_ptr, tile) -> None\n\n"
      "Private to dagmm.accel: DAGMM's sample energy of contiguous float32 rows x (n, f) into float64 out (n,):\n"
      "encoder and decoder as mlp_forward's specs, the features of recon_forward (mode), and the mixture as\n"
      "float64 P_k^T (k, d, d), P_k^T mu_k (k, d) and the constants c (k,); inv_var_ptr 0, or float64 (f,) to add\n"
      "0.5 sum_j (x_j - x'_j)^2 inv_var_j; whiten_spec_ptr 0, or one layer's spec (f -> f, no activation) to add\n"
-     "half the squared norm of that layer applied to x - x' instead."},
+     "half the squared norm of that layer applied to x - x' instead; with whiten_logdet_ptr (float64 (k,)) the\n"
+     "layer maps f -> k f and block q's log det - half squared norm joins component q before the log-sum-exp."},
     {"train_forward", py_train_forward, METH_VARARGS,
      "train_forward(x_ptr, n, f, spec_ptr, n_layers, n_enc, mode, eps, log_eps, acts_ptr, z_ptr, norms_ptr, tile,\n"
      "              threads) -> None\n\n"

@@ -170,7 +170,10 @@ PyObject *py_mlp_forward(PyObject *self, PyObject *args)
  * inv_var is given (f,), the residual's Gaussian term 0.5 sum_j (x_j - x'_j)^2 inv_var_j in float64
  * (OutlierAEGMM's error_scale_), or, when the whitening layer W is given (f -> f, weight P^T, bias -mean P),
  * its full-covariance form 0.5 |(x - x') P - mean P|^2: the product by layer() in float32 like the networks',
- * the sum of squares in float64 (dagmm.models.covariance.residual_nll). */
+ * the sum of squares in float64 (dagmm.models.covariance.residual_nll); or, with log-determinants, the joint
+ * mixture of the code and the residual: W holds every component's P_k side by side (f -> k f, bias -m_k P_k)
+ * and log det P_k - |.|^2 / 2 of block k joins component k's log-density before the log-sum-exp
+ * (dagmm.models.covariance.component_residual_log_prob). */
 typedef struct {
     int k, d;
     const double *pt;  /* (k, d, d): P_k^T */
@@ -179,7 +182,7 @@ typedef struct {
 } Mixture;
 
 static inline void energy_rows(const float *lat, Py_ssize_t ldl, int nl_lat, const float *feat, Py_ssize_t rows,
-                               const Mixture *g, double *out)
+                               const Mixture *g, const double *extra, double *out)
 {
     double z[DAGMM_MAX_Z], lp[DAGMM_MAX_K];
     for (Py_ssize_t r = 0; r < rows; r++) {
@@ -197,7 +200,7 @@ static inline void energy_rows(const float *lat, Py_ssize_t ldl, int nl_lat, con
                     p += pt[j * g->d + i] * z[i];
                 maha += p * p;
             }
-            lp[q] = g->c[q] - 0.5 * maha;
+            lp[q] = g->c[q] - 0.5 * maha + (extra ? extra[r * g->k + q] : 0.0);
             m = lp[q] > m ? lp[q] : m;
         }
         double s = 0.0;
@@ -209,7 +212,8 @@ static inline void energy_rows(const float *lat, Py_ssize_t ldl, int nl_lat, con
 
 KERNEL_FMA static void aegmm_energy(const float *restrict x, Py_ssize_t n, const Layer *E, int ne, const Layer *D,
                                     int nd, int mode, double eps, double log_eps, const Mixture *g,
-                                    const double *restrict inv_var, const Layer *W, double *restrict out,
+                                    const double *restrict inv_var, const Layer *W, const double *restrict wlogdet,
+                                    float *restrict ybuf, double *restrict extra, double *restrict out,
                                     Py_ssize_t tile, float *restrict work, Py_ssize_t wide)
 {
     float *buf[2] = {work, work + tile * wide}, *lat = work + 2 * tile * wide;
@@ -222,7 +226,26 @@ KERNEL_FMA static void aegmm_energy(const float *restrict x, Py_ssize_t n, const
         run_tile(E, ne, xt, f, rows, buf, lat, E[ne - 1].ow, &ldl);
         const float *rec = run_tile(D, nd, lat, ldl, rows, buf, NULL, 0, &ldr);
         recon_forward(xt, rec, ldr, rows, f, 0, mode, eps, log_eps, feat, NULL);
-        energy_rows(lat, ldl, (int)nlat, feat, rows, g, out + t0);
+        if (wlogdet) {
+            /* the joint mixture: per component k, log det P_k - |r P_k - m_k P_k|^2 / 2 joins the code's
+               log-density before the log-sum-exp; W holds every P_k side by side (f -> k f outputs) */
+            float *res = (float *)rec;
+            for (Py_ssize_t r = 0; r < rows; r++)
+                for (Py_ssize_t j = 0; j < f; j++)
+                    res[r * ldr + j] = xt[r * f + j] - res[r * ldr + j];
+            layer(res, ldr, rows, W->in, W->wt, W->ow, W->b, ACT_NONE, ybuf, W->ow);
+            for (Py_ssize_t r = 0; r < rows; r++)
+                for (int q = 0; q < g->k; q++) {
+                    const float *y = ybuf + r * W->ow + (Py_ssize_t)q * f;
+                    double s = 0.0;
+                    for (Py_ssize_t j = 0; j < f; j++)
+                        s += (double)y[j] * (double)y[j];
+                    extra[r * g->k + q] = wlogdet[q] - 0.5 * s;
+                }
+            energy_rows(lat, ldl, (int)nlat, feat, rows, g, extra, out + t0);
+            continue;
+        }
+        energy_rows(lat, ldl, (int)nlat, feat, rows, g, NULL, out + t0);
         if (W) {
             /* the residual overwrites x' in its buffer (nothing reads x' after the features); the product
                goes to the other buffer, which the decoder's widest layer sized for W's padded width */
@@ -252,17 +275,17 @@ KERNEL_FMA static void aegmm_energy(const float *restrict x, Py_ssize_t n, const
 }
 
 /* aegmm_energy(x, n, enc_spec, n_enc, dec_spec, n_dec, mode, eps, log_eps, pt, off, c, k, inv_var or 0,
-                whiten_spec or 0, out, tile) */
+                whiten_spec or 0, whiten_logdet or 0, out, tile) */
 PyObject *py_aegmm_energy(PyObject *self, PyObject *args)
 {
-    unsigned long long xp, ep, dp, ptp, offp, cp, vp, wp, op;
+    unsigned long long xp, ep, dp, ptp, offp, cp, vp, wp, lp, op;
     Py_ssize_t n, tile;
     int ne, nd, mode, k;
     double eps, log_eps;
     Layer E[DAGMM_MAX_LAYERS], D[DAGMM_MAX_LAYERS], W;
     (void)self;
-    if (!PyArg_ParseTuple(args, "KnKiKiiddKKKiKKKn", &xp, &n, &ep, &ne, &dp, &nd, &mode, &eps, &log_eps, &ptp,
-                          &offp, &cp, &k, &vp, &wp, &op, &tile) ||
+    if (!PyArg_ParseTuple(args, "KnKiKiiddKKKiKKKKn", &xp, &n, &ep, &ne, &dp, &nd, &mode, &eps, &log_eps, &ptp,
+                          &offp, &cp, &k, &vp, &wp, &lp, &op, &tile) ||
         check_layers("aegmm_energy", ne, tile) < 0 || check_layers("aegmm_energy", nd, tile) < 0)
         return NULL;
     const int64_t *es = (const int64_t *)(uintptr_t)ep, *ds = (const int64_t *)(uintptr_t)dp;
@@ -274,9 +297,14 @@ PyObject *py_aegmm_energy(PyObject *self, PyObject *args)
         return NULL;
     }
     const int64_t *ws = (const int64_t *)(uintptr_t)wp;
-    if (ws && (ws[0] != es[0] || ws[1] != es[0] || ws[4] != ACT_NONE)) {
-        PyErr_SetString(PyExc_ValueError, "aegmm_energy: the whitening layer must map the input width to itself, "
-                                          "with no activation");
+    const int64_t w_out = lp ? (int64_t)k * es[0] : es[0]; /* the joint mixture: one block of f per component */
+    if (ws && (ws[0] != es[0] || ws[1] != w_out || ws[4] != ACT_NONE)) {
+        PyErr_SetString(PyExc_ValueError, "aegmm_energy: the whitening layer must map the input width to itself "
+                                          "(to k times it with log-determinants), with no activation");
+        return NULL;
+    }
+    if (lp && !ws) {
+        PyErr_SetString(PyExc_ValueError, "aegmm_energy: log-determinants need the whitening layer");
         return NULL;
     }
     const Py_ssize_t wide_e = describe_layers(es, ne, E), wide_d = describe_layers(ds, nd, D);
@@ -286,10 +314,17 @@ PyObject *py_aegmm_energy(PyObject *self, PyObject *args)
     float *work_e, *work_d;
     float *mem_e = pack_layers(es, ne, E, 0, &work_e);
     float *mem_d = mem_e ? pack_layers(ds, nd, D, extra, &work_d) : NULL;
-    float *mem_w = NULL, *unused;
+    float *mem_w = NULL, *ybuf = NULL;
+    double *terms = NULL;
     if (mem_d && ws) {
         describe_layers(ws, 1, &W);
-        mem_w = pack_layers(ws, 1, &W, 0, &unused);
+        /* the joint mixture's products (tile, padded k f) follow the packed layer */
+        mem_w = pack_layers(ws, 1, &W, lp ? (size_t)tile * (size_t)W.ow : 0, &ybuf);
+        if (mem_w && lp && !(terms = malloc((size_t)tile * (size_t)k * sizeof(double)))) {
+            PyErr_NoMemory();
+            free(mem_w);
+            mem_w = NULL;
+        }
     }
     if (!mem_d || (ws && !mem_w)) {
         free(mem_e);
@@ -300,10 +335,12 @@ PyObject *py_aegmm_energy(PyObject *self, PyObject *args)
                  (const double *)(uintptr_t)cp};
     Py_BEGIN_ALLOW_THREADS
     aegmm_energy((const float *)(uintptr_t)xp, n, E, ne, D, nd, mode, eps, log_eps, &g, (const double *)(uintptr_t)vp,
-                 ws ? &W : NULL, (double *)(uintptr_t)op, tile, work_d, wide);
+                 ws ? &W : NULL, (const double *)(uintptr_t)lp, ybuf, terms, (double *)(uintptr_t)op, tile, work_d,
+                 wide);
     Py_END_ALLOW_THREADS
     free(mem_e);
     free(mem_d);
     free(mem_w);
+    free(terms);
     Py_RETURN_NONE;
 }

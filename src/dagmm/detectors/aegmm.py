@@ -433,10 +433,10 @@ class OutlierAEGMM(ScoringDensity, BaseDetector):
         plain, latent = self._encode_fn()
 
         residual = self._residual_model()
-        joint = "means" in residual  # one mixture of the code and the residual: the torch code only
+        joint = "means" in residual  # one mixture of the code and the residual
         # the whole energy in one C call per batch where the model and data allow
         kernel = accel.energy_scorer(model, phi, mu, prec, residual.get("error_scale"), residual.get("mean"),
-                                     residual.get("prec_chol")) if plain and not joint else None
+                                     residual.get("prec_chol"), residual if joint else None) if plain else None
 
         def energy(xb: torch.Tensor, out: torch.Tensor) -> None:
             if kernel is None or not kernel(xb, out):
