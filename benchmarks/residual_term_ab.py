@@ -4,7 +4,8 @@ Fits the default detector for one epoch on 20,000 x F Gaussian rows (F = 121 and
 scores 200,000 / 20,000 rows five times each way, interleaved, and prints the median times and their
 ratios to the energy alone.  The diagonal term is a few multiply-adds per column in the C kernel; the
 full one an F x F product per row (a layer of F outputs on top of the networks and the mixture); the
-joint mixture of the code and the residual (the default where K x F^2 <= 2^20) K such products, in torch.
+joint mixture of the code and the residual (the default where K x F^2 <= 2^20) K such products (a layer of
+K F outputs).
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/residual_term_ab.py
 """
@@ -30,7 +31,7 @@ def run(f: int, rows: int, repeats: int) -> None:
     variants = {"full covariance": {**fitted, "residual_means_": None, "residual_prec_chols_": None},
                 "diagonal": {**dict.fromkeys(fitted), "error_scale_": fitted["error_scale_"]},
                 "energy only": dict.fromkeys(fitted)}
-    if fitted["residual_means_"] is not None:  # the default where K * F^2 is small enough: torch code
+    if fitted["residual_means_"] is not None:  # the default where K * F^2 is small enough
         variants = {f"joint mixture (default, K = {len(od.phi_)})": fitted, **variants}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):

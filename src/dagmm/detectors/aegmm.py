@@ -133,8 +133,8 @@ class OutlierAEGMM(ScoringDensity, BaseDetector):
         (2^20): per mixture component, the mean of the training residuals
         weighted by the rows' memberships and the upper factor of the inverse
         of their weighted scatter shrunk towards the global covariance with the
-        weight of F rows.  The score is then the joint mixture above (computed
-        by the torch code, not the C kernel).  :meth:`set_mixture` drops them
+        weight of F rows.  The score is then the joint mixture above.
+        :meth:`set_mixture` drops them
         (another mixture's components are not theirs): the global term remains.
     """
 
