@@ -32,10 +32,11 @@ default, 2026-12-04, run when the detector scored the energy alone):
 
 The number of components each mixture chose is stored as ``k_default`` / ``k64`` / ``k64r50`` / ``k128``.
 
-``--screen component`` (the same default): the residual's Gaussian per mixture component; columns in
+``--screen component`` (the same ``global-residual`` default; its ``comp-full`` is what became the default): the residual's Gaussian per mixture component; columns in
 :func:`component_row`.
 
-``--screen code`` (the default since the evening of 2026-12-04, full-covariance residual, 1-64 components): which
+``--screen code`` (under candidate ``global-residual`` of ``benchmarks/adbench.py``, the default of the evening of
+2026-12-04: the global full-covariance residual, 1-64 components): which
 part of the code the scoring mixture models, each plus the same residual term: ``default`` (``[latent,
 log mse, cosine]``), ``lat+cos`` (``[latent, cosine]``), ``lat`` (the latent code alone).
 
@@ -163,7 +164,8 @@ def code_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: int) ->
     from dagmm.models.mixture import select_mixture
 
     t0 = time.perf_counter()
-    od = dagmm.OutlierAEGMM().fit(X_tr, verbose=False, seed=seed)
+    with ab.candidate_config("global-residual"):  # the default when this screen ran
+        od = dagmm.OutlierAEGMM().fit(X_tr, verbose=False, seed=seed)
     fit_s = time.perf_counter() - t0
     cfg = od.auto_config_
     default = od.score(X_tr), od.score(X_te)
@@ -205,7 +207,8 @@ def component_row(X_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray, seed: in
     from scipy.special import logsumexp
 
     t0 = time.perf_counter()
-    od = dagmm.OutlierAEGMM().fit(X_tr, verbose=False, seed=seed)
+    with ab.candidate_config("global-residual"):  # the default when this screen ran
+        od = dagmm.OutlierAEGMM().fit(X_tr, verbose=False, seed=seed)
     fit_s = time.perf_counter() - t0
     scores = {"default": (od.score(X_tr), od.score(X_te))}
     od.aegmm.eval()
