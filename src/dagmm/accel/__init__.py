@@ -43,6 +43,7 @@ from torch.nn.modules import module as _module
 from . import _lib
 from ._train import Head, TrainNet, kernel_threads
 from .batches import for_each_batch, workers_for
+from ..models.covariance import stacked_whitening
 from ..models.features import LOG_MSE_EPS, RECON_EPS, default_recon_features, log_mse_cosine
 from ..models.gmm import energy_terms
 from ..models.losses import loss_aegmm
@@ -263,7 +264,7 @@ def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor, prec_ch
     error_scale_j`` in float64 when ``error_scale`` (F,) is; ``x'`` is never
     written out.  ``components`` (the keyword arguments of
     :func:`dagmm.models.covariance.component_residual_log_prob`: ``means``
-    (K, F), ``prec_chols`` (K, F, F), ``log_det`` (K,)) makes it the joint
+    (K, F), ``prec_chols`` (K, F, F)) makes it the joint
     mixture of the code and the residual instead: every ``P_k`` side by side
     as one layer of K F outputs (bias ``-m_k P_k``), each block's ``log det P_k
     - |.|^2 / 2`` added to component k's log-density before the log-sum-exp.
@@ -283,13 +284,13 @@ def energy_scorer(model: nn.Module, phi: torch.Tensor, mu: torch.Tensor, prec_ch
         return None
     whiten = logdet = None  # the full residual term as a Linear layer: y = r P - mean P, weight (out, in) = P^T
     if components is not None:
-        means, pc = components["means"].detach().double().cpu(), components["prec_chols"].detach().double().cpu()
+        means, pc = components["means"].detach().cpu(), components["prec_chols"].detach().cpu()
         if tuple(means.shape) != (k, enc.n_in) or tuple(pc.shape) != (k, enc.n_in, enc.n_in):
             return None
-        p_all = pc.permute(1, 0, 2).reshape(enc.n_in, k * enc.n_in)  # (F, K F): block q is P_q
-        offset = (means[:, None, :] @ pc)[:, 0].reshape(-1)  # (K F,): m_q P_q
-        whiten = Chain([(p_all.T.float().contiguous(), (-offset).float().contiguous(), lib.ACT_NONE)], False, None)
-        logdet = components["log_det"].detach().double().cpu().contiguous()  # (K,)
+        p_all, offset, logdet = stacked_whitening(means, pc)  # (F, K F), (K, F), (K,)
+        whiten = Chain([(p_all.T.contiguous(), (-offset).reshape(-1).float().contiguous(), lib.ACT_NONE)],
+                       False, None)
+        logdet = logdet.contiguous()
         error_scale = residual_prec_chol = None
     if residual_prec_chol is not None:
         if tuple(residual_prec_chol.shape) != (enc.n_in, enc.n_in) or tuple(mean.shape) != (enc.n_in,):

@@ -51,7 +51,7 @@ class ScoringDensity:
                 x_recon, z = encode(xb)
                 lp = gmm_log_prob(z.double(), self.phi_, self.mu_, self.prec_chol_)  # (n, K)
                 moments.add((xb.double() - x_recon.double()).flatten(1).cpu(), torch.softmax(lp, 1).cpu())
-        mean, prec_chol, _ = component_gaussians(moments, prior, float(prior.shape[0]))
+        mean, prec_chol = component_gaussians(moments, prior, float(prior.shape[0]))
         self.residual_means_, self.residual_prec_chols_ = mean.numpy(), prec_chol.float().numpy()
 
     def _fit_mixture_em(self, X: np.ndarray, candidates: list, reg: float, seed: Optional[int],
@@ -123,16 +123,15 @@ class ScoringDensity:
         self.residual_means_ = self.residual_prec_chols_ = None
 
     def _residual_model(self) -> dict:
-        """Keyword arguments of :func:`dagmm.models.covariance.residual_nll` as float64 tensors on the device:
-        the full covariance's ``mean`` and ``prec_chol``, else ``error_scale``; empty for the energy alone
-        (the paper architecture, user nets, detectors saved before these existed)."""
+        """The residual model as float64 tensors on the device: ``means`` and ``prec_chols`` (the joint mixture,
+        keyword arguments of :func:`dagmm.models.covariance.component_residual_log_prob`), else ``mean`` and
+        ``prec_chol`` or ``error_scale`` (those of :func:`dagmm.models.covariance.residual_nll`); empty for the
+        energy alone (the paper architecture, user nets, detectors saved before these existed)."""
         def dev(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.asarray(a)).to(self.device).double()
 
         if getattr(self, "residual_prec_chols_", None) is not None and len(self.residual_means_) == len(self.phi_):
-            p = dev(self.residual_prec_chols_)
-            return {"means": dev(self.residual_means_), "prec_chols": p,
-                    "log_det": torch.log(torch.diagonal(p, dim1=1, dim2=2)).sum(1)}
+            return {"means": dev(self.residual_means_), "prec_chols": dev(self.residual_prec_chols_)}
         if getattr(self, "residual_prec_chol_", None) is not None:
             return {"mean": dev(self.residual_mean_).flatten(), "prec_chol": dev(self.residual_prec_chol_)}
         if getattr(self, "error_scale_", None) is not None:

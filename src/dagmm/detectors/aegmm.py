@@ -15,7 +15,7 @@ from ._density import ScoringDensity
 from .base import DEFAULT_SCORE_BATCH, BaseDetector, seeded
 from ..models.features import default_recon_features, log_mse_cosine
 from ..models.gmm import gmm_log_prob, sample_energy
-from ..models.covariance import component_residual_log_prob, residual_nll
+from ..models.covariance import residual_nll, stacked_log_prob, stacked_whitening
 from ..training.auto import AUTO_LR, aegmm_config, check_standardize, resolve_schedule
 from ..models.losses import loss_aegmm
 from ..models.nets import AEGMMNet, build_aegmm_nets, paper_kddcup_nets
@@ -375,12 +375,14 @@ class OutlierAEGMM(ScoringDensity, BaseDetector):
         self.feature_shape_ = tuple(X.shape[1:])
         self.error_scale_ = self.residual_mean_ = self.residual_prec_chol_ = None
         self.residual_means_ = self.residual_prec_chols_ = None
-        if (config or {}).get("error_scale") == "train":
-            self.error_scale_ = self._training_error_scale(X, config["error_floor"], self._reconstruct_into())
         if (config or {}).get("residual") in ("full", "component"):
-            self.residual_mean_, self.residual_prec_chol_, shrinkage, residual_cov = self._training_residual_gaussian(
-                X, config["error_floor"], self._reconstruct_into())
-            self.auto_config_["residual_shrinkage"] = round(shrinkage, 6)
+            fitted = self._training_residual_gaussian(X, config["error_floor"], self._reconstruct_into())
+            self.residual_mean_, self.residual_prec_chol_ = fitted["mean"], fitted["prec_chol"]
+            self.auto_config_["residual_shrinkage"] = round(fitted["shrinkage"], 6)
+            if config.get("error_scale") == "train":  # the diagonal fallback, from the same sums
+                self.error_scale_ = fitted["error_scale"]
+        elif (config or {}).get("error_scale") == "train":
+            self.error_scale_ = self._training_error_scale(X, config["error_floor"], self._reconstruct_into())
         if (config or {}).get("mixture") == "em":
             self.auto_config_["mixture_fit"] = self._fit_mixture_em(X, config["mixture_components"],
                                                                     config["em_reg"], seed)
@@ -389,7 +391,7 @@ class OutlierAEGMM(ScoringDensity, BaseDetector):
         if (config or {}).get("residual") == "component":
             k, f = self.mu_.shape[0], int(np.prod(X.shape[1:]))
             if k * f * f <= config["component_residual_max"]:
-                self._fit_component_residuals(X, residual_cov)
+                self._fit_component_residuals(X, fitted["cov"])
             self.auto_config_["residual_fit"] = "component" if self.residual_means_ is not None else "full"
         self._fitted = True
         return self
@@ -438,11 +440,13 @@ class OutlierAEGMM(ScoringDensity, BaseDetector):
         kernel = accel.energy_scorer(model, phi, mu, prec, residual.get("error_scale"), residual.get("mean"),
                                      residual.get("prec_chol"), residual if joint else None) if plain else None
 
+        stacked = stacked_whitening(**residual) if joint else None  # once, not per batch
+
         def energy(xb: torch.Tensor, out: torch.Tensor) -> None:
             if kernel is None or not kernel(xb, out):
                 x_recon, z = latent(xb)
                 if joint:  # -log sum_k phi_k N(z; mu_k, Sigma_k) N(r; m_k, C_k); r in float32 as the product
-                    lp = gmm_log_prob(z.double(), phi, mu, prec) + component_residual_log_prob(xb - x_recon, **residual)
+                    lp = gmm_log_prob(z.double(), phi, mu, prec) + stacked_log_prob(xb - x_recon, *stacked)
                     out.copy_(-torch.logsumexp(lp, 1))
                     return
                 e = sample_energy(z, phi, mu, prec)  # (N,) float64

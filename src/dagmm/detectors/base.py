@@ -186,20 +186,26 @@ class BaseDetector:
         total = torch.zeros(int(np.prod(X.shape[1:])), dtype=torch.float64)
         for r in self._residuals(X, reconstruct_into, batch_size):
             total += r.square().double().sum(0).cpu()
-        mean = total.numpy().reshape(X.shape[1:]) / len(X)
+        return self._floored_scale(total.numpy() / len(X), floor, X.shape[1:])
+
+    @staticmethod
+    def _floored_scale(mean_square: np.ndarray, floor: float, shape: tuple) -> np.ndarray:
+        """Per-feature mean squared errors (F,) floored at ``floor`` times their mean (and 1e-12), float32 ``shape``."""
+        mean = np.asarray(mean_square, dtype=np.float64).reshape(shape)
         return np.maximum(mean, max(floor * float(mean.mean()), 1e-12)).astype(np.float32)
 
     def _training_residual_gaussian(self, X: np.ndarray, floor: float,
                                     reconstruct_into: Callable[[torch.Tensor, torch.Tensor], None],
-                                    batch_size: int = DEFAULT_SCORE_BATCH
-                                    ) -> tuple[np.ndarray, np.ndarray, float, torch.Tensor]:
+                                    batch_size: int = DEFAULT_SCORE_BATCH) -> dict:
         """A full-covariance Gaussian of the training residuals ``x - x'`` (network units), in two passes over X.
 
-        Returns ``(mean (F,) float64, prec_chol (F, F) float32, shrinkage, cov)``:
-        the residuals' mean, the upper factor of their Ledoit-Wolf covariance's
+        Returns a dict: ``mean`` (F,) float64, the residuals' mean; ``prec_chol``
+        (F, F) float32, the upper factor of their Ledoit-Wolf covariance's
         inverse (:func:`dagmm.models.covariance.whitening_factor`, variances
-        floored at ``floor`` times their mean as :meth:`_training_error_scale`
-        does), the Ledoit-Wolf shrinkage chosen and that covariance (float64 tensor).
+        floored at ``floor`` times their mean); ``shrinkage``, the Ledoit-Wolf
+        weight; ``cov``, that covariance (float64 tensor); and ``error_scale``,
+        what :meth:`_training_error_scale` gives, from the same sums (so that no
+        third pass is needed for it).
         """
         total = None
         for r in self._residuals(X, reconstruct_into, batch_size):
@@ -210,7 +216,9 @@ class BaseDetector:
             moments.add(r.cpu())
         cov, shrinkage = ledoit_wolf(moments)
         cov = floor_diagonal(cov, floor)
-        return moments.centre.numpy(), whitening_factor(cov).float().numpy(), shrinkage, cov
+        return {"mean": moments.centre.numpy(), "prec_chol": whitening_factor(cov).float().numpy(),
+                "shrinkage": shrinkage, "cov": cov,
+                "error_scale": self._floored_scale(moments.mean_square().numpy(), floor, X.shape[1:])}
 
     @staticmethod
     def _percentile(scores: np.ndarray, threshold_perc: float) -> float:

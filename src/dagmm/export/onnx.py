@@ -33,7 +33,7 @@ from ..detectors.ae import OutlierAE, n_top_features
 from ..detectors.aegmm import OutlierAEGMM
 from ..detectors.base import NotFittedError
 from ..detectors.estimator import DAGMM
-from ..models.covariance import component_residual_log_prob, residual_nll
+from ..models.covariance import residual_nll, stacked_log_prob, stacked_whitening
 from ..models.gmm import energy_terms, log_prob_from_terms
 from ..models.nets import AEGMMNet
 
@@ -69,8 +69,9 @@ class _Scaling(nn.Module):
 
 class _EnergyGraph(nn.Module):
     """Sample energy ``-logsumexp_k (c_k - |P_k^T (z - mu_k)|^2 / 2)`` of the model's ``z``, float64 (N,),
-    plus the residual term of :func:`dagmm.models.covariance.residual_nll` when the detector has one
-    (``residual``: its keyword arguments, as ``OutlierAEGMM._residual_model`` gives them)."""
+    with the detector's residual model (``residual``, as ``OutlierAEGMM._residual_model`` gives it): the joint
+    mixture of :func:`dagmm.models.covariance.component_residual_log_prob`, or the energy plus
+    :func:`dagmm.models.covariance.residual_nll`."""
 
     def __init__(self, model: nn.Module, scaling: _Scaling, phi: torch.Tensor, mu: torch.Tensor,
                  prec_chol: torch.Tensor, residual: Optional[dict] = None) -> None:
@@ -80,17 +81,22 @@ class _EnergyGraph(nn.Module):
         terms = energy_terms(phi.double().cpu(), mu.double().cpu(), prec_chol.double().cpu())
         for name, t in zip(("prec_t", "offset", "const"), terms):  # (K, D, D), (K, D), (K,)
             self.register_buffer(name, t.contiguous())
-        self.residual = sorted(residual or {})
-        for name in self.residual:  # error_scale (F,), or mean (F,) and prec_chol (F, F); float64
-            self.register_buffer(f"residual_{name}", residual[name].detach().double().cpu().contiguous())
+        residual = dict(residual or {})
+        if "means" in residual:  # the joint mixture's terms as constants: P_k side by side, m_k P_k, log det P_k
+            terms = stacked_whitening(residual.pop("means").cpu(), residual.pop("prec_chols").cpu())
+            residual = dict(zip(("p_all", "offset", "log_det"), terms))
+        self.residual = sorted(residual)
+        for name in self.residual:  # the joint terms, mean (F,) and prec_chol (F, F), or error_scale (F,)
+            t = residual[name].detach().cpu()
+            self.register_buffer(f"residual_{name}", (t if name == "p_all" else t.double()).contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.scaling(x)
         x_recon, z = self.model.encode(x) if self.plain else self.model(x)[:2]
         terms = {n: getattr(self, f"residual_{n}") for n in self.residual}
-        if "means" in terms:  # one mixture of the code and the residual, as OutlierAEGMM.score; unchunked
+        if "p_all" in terms:  # one mixture of the code and the residual, as OutlierAEGMM.score; unchunked
             lp = log_prob_from_terms(z.double().T, self.prec_t, self.offset, self.const)  # (K, N)
-            lr = component_residual_log_prob(x - x_recon, **terms, max_elements=None)  # (N, K)
+            lr = stacked_log_prob(x - x_recon, **terms, max_elements=None)  # (N, K)
             return -torch.logsumexp(lp + lr.T, dim=0)
         # the formula of dagmm.models.gmm.sample_energy, its terms constants of the graph
         e = -torch.logsumexp(log_prob_from_terms(z.double().T, self.prec_t, self.offset, self.const), dim=0)

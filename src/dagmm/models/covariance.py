@@ -23,7 +23,8 @@ import torch
 from .gmm import cholesky_with_jitter, precision_cholesky
 
 __all__ = ["CentredMoments", "ComponentMoments", "ledoit_wolf", "floor_diagonal", "whitening_factor",
-           "component_gaussians", "residual_nll", "component_residual_log_prob"]
+           "component_gaussians", "stacked_whitening", "residual_nll", "component_residual_log_prob",
+           "stacked_log_prob"]
 
 
 @dataclass
@@ -52,6 +53,10 @@ class CentredMoments:
             self.outer += outer
             self.outer_sq += outer_sq
         self.n += int(rows.shape[0])
+
+    def mean_square(self) -> torch.Tensor:
+        """``mean(x^2)`` of each column (F,), float64: ``centre^2`` plus the diagonal of ``outer / n``."""
+        return self.centre.square() + torch.diagonal(self.outer) / self.n
 
 
 @dataclass
@@ -152,7 +157,7 @@ def residual_nll(residual: torch.Tensor, error_scale: Optional[torch.Tensor] = N
 
 
 def component_gaussians(moments: ComponentMoments, prior: torch.Tensor,
-                        prior_rows: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        prior_rows: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One Gaussian per mixture component from membership-weighted sums, shrunk towards ``prior``.
 
     Component ``k`` has mean ``m_k = s1_k / w_k`` and covariance ``(S_k +
@@ -165,35 +170,54 @@ def component_gaussians(moments: ComponentMoments, prior: torch.Tensor,
     -------
     mean : (K, F) float64
     prec_chol : (K, F, F) float64, upper factors (:func:`whitening_factor`)
-    log_det : (K,) float64, ``log det prec_chol_k`` (half the log-determinant of the precision)
     """
     w = moments.w.clamp_min(1e-300)
     mean = moments.s1 / w[:, None]  # (K, F)
     scatter = moments.s2 - w[:, None, None] * mean[:, :, None] * mean[:, None, :]  # (K, F, F)
     cov = (scatter + prior_rows * prior.double()) / (moments.w + prior_rows)[:, None, None]
     cov = 0.5 * (cov + cov.transpose(1, 2))  # symmetric to rounding before the factorisation
-    prec_chol = torch.stack([whitening_factor(c) for c in cov])
-    log_det = torch.log(torch.diagonal(prec_chol, dim1=1, dim2=2)).sum(1)
-    return mean, prec_chol, log_det
+    return mean, torch.stack([whitening_factor(c) for c in cov])
+
+
+def stacked_whitening(means: torch.Tensor, prec_chols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-component residual Gaussians as one product: ``(p_all, offset, log_det)``.
+
+    ``p_all`` (F, K * F) float32 holds every ``P_k`` side by side (block k),
+    ``offset`` (K, F) float64 is ``m_k P_k`` and ``log_det`` (K,) float64 is
+    ``log det P_k``, so that row ``r``'s block k of ``r p_all - offset`` is
+    ``(r - m_k) P_k``; the torch code, the ONNX graph and the C kernel
+    (``dagmm.accel.energy_scorer``) all compute the joint term from these.
+    """
+    k, f = means.shape
+    p64 = prec_chols.double()
+    p_all = prec_chols.float().permute(1, 0, 2).reshape(f, k * f)  # (F, K F)
+    offset = (means.double()[:, None, :] @ p64)[:, 0]  # (K, F)
+    return p_all, offset, torch.log(torch.diagonal(p64, dim1=1, dim2=2)).sum(1)
 
 
 def component_residual_log_prob(residual: torch.Tensor, means: torch.Tensor, prec_chols: torch.Tensor,
-                                log_det: torch.Tensor, max_elements: Optional[int] = 1 << 22) -> torch.Tensor:
+                                max_elements: Optional[int] = 1 << 22) -> torch.Tensor:
     """``log det P_k - 0.5 |(r - m_k) P_k|^2`` for every row and component, float64 (N, K).
 
     The log-density of the residual under each component's Gaussian, up to the
-    constant ``-F log(2 pi) / 2`` common to all.  ``(r - m_k) P_k`` is computed
-    as ``r P_k - m_k P_k`` with every ``P_k`` side by side, one float32 product
-    of the rows by an (F, K * F) matrix and the offsets in float32 (the C
-    kernel's precision for the global term), the sums of squares in float64.  Rows are taken in
-    chunks so that the (n, K, F) intermediate stays under ``max_elements``
-    values (None: in one piece, as a traced graph must, whose row count is not known).
+    constant ``-F log(2 pi) / 2`` common to all: :func:`stacked_log_prob` of
+    :func:`stacked_whitening`'s terms.
+    """
+    return stacked_log_prob(residual, *stacked_whitening(means, prec_chols), max_elements=max_elements)
+
+
+def stacked_log_prob(residual: torch.Tensor, p_all: torch.Tensor, offset: torch.Tensor, log_det: torch.Tensor,
+                     max_elements: Optional[int] = 1 << 22) -> torch.Tensor:
+    """:func:`component_residual_log_prob` from :func:`stacked_whitening`'s terms (constants of an ONNX graph).
+
+    ``(r - m_k) P_k`` is ``r P_k - m_k P_k``: one float32 product of the rows
+    by ``p_all`` and the offsets in float32 (the C kernel's precision), the
+    sums of squares in float64.  Rows are taken in chunks so that the (n, K,
+    F) intermediate stays under ``max_elements`` values (None: in one piece,
+    as a traced graph must, whose row count is not known).
     """
     r = residual.flatten(1)  # (N, F)
-    k, f = means.shape
-    p_all = prec_chols.float().permute(1, 0, 2).reshape(f, k * f)  # (F, K * F): block k is P_k
-    offset = (means.double()[:, None, :] @ prec_chols.double())[:, 0]  # (K, F): m_k P_k
-
+    k, f = offset.shape
     offset32 = offset.float()
 
     def rows(x: torch.Tensor) -> torch.Tensor:  # (n, F) -> (n, K)
